@@ -1,0 +1,90 @@
+"""Checks of the run's top-level config values, before any data is loaded or any training starts.
+
+Each error names the key, the value and what was expected. Group options validate
+their own arguments in their constructors; ``build`` reports those with the group name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+REWIND_MODES = ("init", "epoch", "pretrained")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the key, the value and what is allowed."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+Check = tuple[str, Callable[[Any], bool], str]
+
+CHECKS: list[Check] = [
+    ("seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+     "one of auto, cpu, cuda, cuda:N, mps"),
+    ("progress", lambda v: isinstance(v, bool), "true or false"),
+    ("prune.rounds", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (round 0 is the dense network)"),
+    ("prune.rate", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1): the fraction of alive weights removed"),
+    ("prune.rewind", lambda v: v in REWIND_MODES, f"one of {', '.join(REWIND_MODES)}"),
+    ("prune.rewind_epoch", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("prune.include_stem", lambda v: isinstance(v, bool), "true or false"),
+    ("prune.include_fc", lambda v: isinstance(v, bool), "true or false"),
+    ("train.epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("train.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("train.eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("lr_schedule.warmup_epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("lr_schedule.milestones",
+     lambda v: isinstance(v, list) and all(_is_int(m) and m > 0 for m in v) and v == sorted(v),
+     "an ascending list of positive epoch numbers, e.g. [91,136]"),
+    ("lr_schedule.gamma", lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    ("optimizer.lr", lambda v: _is_num(v) and v > 0, "a number > 0"),
+]
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if value is None and OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+        raise ConfigError(f"{key} is missing from the config")
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first invalid value, before anything is built."""
+    for key, ok, expected in CHECKS:
+        value = _select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+    prune, epochs = cfg.prune, cfg.train.epochs
+    if prune.rewind == "epoch" and prune.rewind_epoch > epochs:
+        raise ConfigError(
+            f"prune.rewind_epoch={prune.rewind_epoch} is invalid: expected at most train.epochs={epochs}"
+        )
+    if prune.rewind == "pretrained":
+        path = prune.get("pretrained")
+        if not path:
+            raise ConfigError("prune.pretrained is unset: prune.rewind=pretrained needs a checkpoint file path")
+        if not Path(path).is_file():
+            raise ConfigError(f"prune.pretrained={path!r}: no such file (needed by prune.rewind=pretrained)")
+
+
+def build(node: DictConfig, group: str) -> Any:
+    """``hydra.utils.instantiate`` with the group named in any error an option's constructor raises."""
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"{group}: {cause}") from exc

@@ -1,0 +1,114 @@
+"""Masks: named 0/1 tensors over the prunable weights, and global magnitude pruning.
+
+A mask never shares storage with a weight or with another mask: every function
+here that returns masks returns fresh tensors, and none writes into its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from rsst.io import atomic_torch_save
+
+
+class Masks(dict[str, Tensor]):
+    """A dict from parameter name to a 0/1 float tensor of that parameter's shape."""
+
+    @classmethod
+    def ones_like(cls, weights: Mapping[str, Tensor]) -> Masks:
+        return cls({name: torch.ones_like(w, dtype=torch.float32) for name, w in weights.items()})
+
+    def clone(self) -> Masks:
+        return Masks({name: m.detach().clone() for name, m in self.items()})
+
+    def to(self, device: torch.device | str) -> Masks:
+        return Masks({name: m.to(device) for name, m in self.items()})
+
+    def alive(self) -> int:
+        """Number of unpruned weights over all layers."""
+        return int(sum(int(m.count_nonzero()) for m in self.values()))
+
+    def numel(self) -> int:
+        return sum(m.numel() for m in self.values())
+
+    def density(self) -> float:
+        """Fraction of prunable weights kept, in [0, 1]."""
+        total = self.numel()
+        return self.alive() / total if total else 1.0
+
+    def layer_density(self) -> dict[str, float]:
+        return {name: float(m.count_nonzero()) / m.numel() for name, m in self.items()}
+
+    def channel_sparsity(self) -> float:
+        """Fraction of output channels (dim 0 rows) with no surviving weight, over all layers."""
+        rows = sum(m.shape[0] for m in self.values())
+        dead = sum(int((m.flatten(1).sum(1) == 0).sum()) for m in self.values())
+        return dead / rows if rows else 0.0
+
+    def union(self, other: Masks) -> Masks:
+        return Masks({n: torch.maximum(m, other[n]) for n, m in self.items()})
+
+    def minus(self, other: Masks) -> Masks:
+        """Weights alive here but not in ``other``: ``self & ~other``."""
+        return Masks({n: m * (1 - other[n]) for n, m in self.items()})
+
+    def equal(self, other: Masks) -> bool:
+        return self.keys() == other.keys() and all(torch.equal(m, other[n]) for n, m in self.items())
+
+    def save(self, path: str | Path) -> None:
+        atomic_torch_save({n: m.bool().cpu() for n, m in self.items()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Masks:
+        data = torch.load(path, map_location=device, weights_only=True)
+        return cls({n: m.to(torch.float32) for n, m in data.items()})
+
+    def validate(self, weights: Mapping[str, Tensor]) -> None:
+        """Raise if the masks do not cover exactly ``weights`` with 0/1 tensors of the same shapes."""
+        if set(self) != set(weights):
+            missing, extra = sorted(set(weights) - set(self)), sorted(set(self) - set(weights))
+            raise ValueError(f"masks do not match the prunable weights: missing {missing}, unexpected {extra}")
+        for name, m in self.items():
+            if m.shape != weights[name].shape:
+                raise ValueError(f"mask {name!r} has shape {tuple(m.shape)}, weight has {tuple(weights[name].shape)}")
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise ValueError(f"mask {name!r} holds values other than 0 and 1")
+
+
+def apply_masks_(weights: Iterable[Tensor], masks: Iterable[Tensor]) -> None:
+    """Zero the pruned weights in place with one fused multiply (no hooks, no host sync)."""
+    weights, masks = list(weights), list(masks)
+    if weights:
+        with torch.no_grad():
+            torch._foreach_mul_(weights, masks)
+
+
+def global_magnitude_prune(weights: Mapping[str, Tensor], masks: Masks, rate: float) -> Masks:
+    """Remove ``round(rate * alive)`` of the still-alive weights with the smallest |w|, over all layers.
+
+    The same rule as ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured``
+    applied iteratively (the amount is a fraction of the weights still alive). Ties are
+    broken deterministically: by layer order, then by flat index.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"prune rate must be in [0, 1], got {rate}")
+    names = list(masks)
+    with torch.no_grad():
+        flat_masks = torch.cat([masks[n].reshape(-1) for n in names])
+        scores = torch.cat([weights[n].detach().abs().reshape(-1).float() for n in names])
+        alive_idx = flat_masks.nonzero().squeeze(1)
+        k = round(rate * alive_idx.numel())
+        new_flat = flat_masks.clone()
+        if k > 0:
+            order = torch.sort(scores[alive_idx], stable=True).indices
+            new_flat[alive_idx[order[:k]]] = 0.0
+    out, offset = Masks(), 0
+    for n in names:
+        size = masks[n].numel()
+        out[n] = new_flat[offset : offset + size].view_as(masks[n]).clone()
+        offset += size
+    return out

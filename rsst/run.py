@@ -1,0 +1,323 @@
+"""``run(cfg)``: the single run function. The round loop of DESIGN section 4 lives here.
+
+State is saved after every epoch; a rerun of the same config resumes from the
+last finished epoch, and a finished run reports its result without training.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm.auto import tqdm
+
+from rsst.checkpoint import clone_state, load_checkpoint, save_checkpoint
+from rsst.config import ConfigError, build, validate_config
+from rsst.io import atomic_torch_save, atomic_write_text
+from rsst.models import prunable_weights, stem_module_name
+from rsst.optim import build_scheduler
+from rsst.pruning.masks import Masks, apply_masks_
+from rsst.pruning.strategies import PruneContext, RoundPlan, Strategy
+from rsst.rundir import config_hash, hashed_config, run_directory
+from rsst.tracking import format_table
+from rsst.training import evaluate, resolve_device, train_epoch
+
+log = logging.getLogger("rsst")
+
+ROUND_COLUMNS = ("round", "remain_weight", "channel_sparsity", "best_val_acc", "test_acc", "final_test_acc",
+                 "epochs", "seconds")
+
+
+def epoch_seed(seed: int, round_: int, epoch: int) -> int:
+    """The data-order seed of one epoch: a pure function, so a resumed epoch replays exactly."""
+    return (seed << 32) + (round_ << 16) + epoch
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def load_pretrained(path: str, model: nn.Module, classifier: str) -> dict[str, torch.Tensor]:
+    """theta_0 for ``prune.rewind=pretrained``: the file's weights, with stem and classifier re-initialised.
+
+    The stem conv and the classifier keep ``model``'s fresh initialisation, as the
+    original tool's ``pt`` mode did (the pretrained head and input layer do not fit
+    a new data set's classes and channels).
+    """
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(blob, dict):
+        blob = blob.get("state_dict", blob.get("model", blob))
+    if not isinstance(blob, dict):
+        raise ConfigError(f"prune.pretrained={path!r}: expected a state_dict, found {type(blob).__name__}")
+    blob = {k.removeprefix("module."): v for k, v in blob.items()}
+    fresh = clone_state(model)
+    reinit = (f"{stem_module_name(model)}.", f"{classifier}.")
+    missing = sorted(k for k in fresh if k not in blob and not k.startswith(reinit))
+    if missing:
+        raise ConfigError(f"prune.pretrained={path!r} lacks weights this architecture needs: {missing[:5]}")
+    theta = {}
+    for k, v in fresh.items():
+        if k.startswith(reinit):
+            theta[k] = v
+        elif blob[k].shape != v.shape:
+            raise ConfigError(
+                f"prune.pretrained={path!r}: {k} has shape {tuple(blob[k].shape)}, expected {tuple(v.shape)}"
+            )
+        else:
+            theta[k] = blob[k].detach().clone().to(v.dtype)
+    return theta
+
+
+class RoundLoop:
+    """The state of one run, and the verbs of the round loop. Everything here goes into the checkpoint."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.hash = config_hash(cfg)
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.data = build(cfg.dataset, "dataset")
+        factory = build(cfg.arch, "arch")
+        self.model: nn.Module = factory(
+            num_classes=self.data.num_classes, in_channels=self.data.in_channels, image_size=self.data.image_size
+        ).to(self.device)
+        self.strategy: Strategy = build(cfg.struct, "struct")
+        self.tracker = build(cfg.logger, "logger")
+        self.weights = prunable_weights(self.model, cfg.prune.include_stem, cfg.prune.include_fc)
+        self.names = list(self.weights)
+        # run state (checkpointed)
+        self.round = 0
+        self.epoch = 0
+        self.plan: RoundPlan | None = None
+        self.ticket: Masks | None = None  # the final masks of the last finished round
+        self.theta_0 = clone_state(self.model)
+        self.theta_rewind: dict[str, torch.Tensor] | None = None
+        self.epoch_rows: list[dict[str, Any]] = []
+        self.round_rows: list[dict[str, Any]] = []
+        self.round_seconds = 0.0
+        self.tracker_id: str | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def fresh_start(self) -> None:
+        prune = self.cfg.prune
+        if prune.rewind == "pretrained":
+            self.theta_0 = load_pretrained(prune.pretrained, self.model, getattr(self.model, "classifier_name", "fc"))
+            self.model.load_state_dict(self.theta_0)
+        if prune.rewind == "init" or (prune.rewind == "epoch" and prune.rewind_epoch == 0) or (
+            prune.rewind == "pretrained"
+        ):
+            self.theta_rewind = self.theta_0
+
+    def state(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "config_hash": self.hash,
+            "config": hashed_config(self.cfg),
+            "round": self.round,
+            "epoch": self.epoch,
+            "plan": None if plan is None else {"train": plan.train, "final": plan.final, "penalised": plan.penalised},
+            "ticket": self.ticket,
+            "model": self.model.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "theta_0": self.theta_0,
+            "theta_rewind": self.theta_rewind,
+            "epoch_rows": self.epoch_rows,
+            "round_rows": self.round_rows,
+            "round_seconds": self.round_seconds,
+            "tracker_id": self.tracker_id,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.round, self.epoch = state["round"], state["epoch"]
+        self.model.load_state_dict(state["model"])
+        plan = state["plan"]
+        if plan is not None:
+            self.plan = RoundPlan(
+                train=Masks(plan["train"]).to(self.device),
+                final=Masks(plan["final"]).to(self.device),
+                penalised=None if plan["penalised"] is None else Masks(plan["penalised"]).to(self.device),
+            )
+            self.new_optimizer()
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.ticket = None if state["ticket"] is None else Masks(state["ticket"]).to(self.device)
+        self.theta_0, self.theta_rewind = state["theta_0"], state["theta_rewind"]
+        self.epoch_rows, self.round_rows = state["epoch_rows"], state["round_rows"]
+        self.round_seconds, self.tracker_id = state["round_seconds"], state["tracker_id"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir / "checkpoint.pt", self.state())
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def new_optimizer(self) -> None:
+        sched = self.cfg.lr_schedule
+        self.optimizer = build(self.cfg.optimizer, "optimizer")(self.model.parameters())
+        steps = self.data.num_batches("train", self.cfg.train.batch_size)
+        self.scheduler = build_scheduler(self.optimizer, steps, sched.warmup_epochs, list(sched.milestones), sched.gamma)
+
+    def train_batches(self, seed: int):
+        return self.data.batches("train", self.cfg.train.batch_size, self.device, seed=seed)
+
+    def begin_round(self) -> None:
+        """Plan round ``self.round`` from the trained weights, rewind, and apply the round's training mask."""
+        r = self.round
+        if r == 0:
+            ones = Masks.ones_like(self.weights).to(self.device)
+            self.plan = RoundPlan(train=ones, final=ones)
+        else:
+            assert self.ticket is not None, "the ticket is set at the end of every round"
+            ctx = PruneContext(
+                round=r,
+                model=self.model,
+                weights={n: w.detach() for n, w in self.weights.items()},
+                masks=self.ticket,
+                rate=float(self.cfg.prune.rate),
+                batches=lambda: self.train_batches(epoch_seed(self.cfg.seed, r, 1 << 15)),
+            )
+            self.plan = self.strategy.plan(ctx)
+            assert self.theta_rewind is not None, "theta_rewind is set by the end of round 0"
+            self.model.load_state_dict(self.theta_rewind)
+        apply_masks_(self.weights.values(), [self.plan.train[n] for n in self.names])
+        self.epoch, self.round_seconds = 0, 0.0
+        self.new_optimizer()
+
+    def run_epoch(self) -> None:
+        r, e, cfg = self.round, self.epoch, self.cfg
+        assert self.plan is not None and self.optimizer is not None and self.scheduler is not None
+        start = time.perf_counter()
+        total = self.data.num_batches("train", cfg.train.batch_size)
+        with tqdm(total=total, desc=f"round {r} epoch {e + 1}/{cfg.train.epochs}", leave=False,
+                  disable=not cfg.progress, dynamic_ncols=True) as bar:
+            stats = train_epoch(
+                self.model,
+                self.train_batches(epoch_seed(cfg.seed, r, e)),
+                self.optimizer,
+                self.scheduler,
+                list(self.weights.values()),
+                [self.plan.train[n] for n in self.names],
+                progress=bar,
+            )
+        row = {
+            "round": r,
+            "epoch": e,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **stats,
+            "val_acc": self.evaluate("val"),
+            "test_acc": self.evaluate("test"),
+            "remain_weight": 100.0 * self.plan.train.density(),
+        }
+        self.round_seconds += time.perf_counter() - start
+        row["seconds"] = self.round_seconds
+        self.epoch_rows.append(row)
+        self.epoch = e + 1
+        if r == 0 and cfg.prune.rewind == "epoch" and self.epoch == cfg.prune.rewind_epoch:
+            self.theta_rewind = clone_state(self.model)
+
+    def evaluate(self, split: str) -> float:
+        return evaluate(self.model, self.data.batches(split, self.cfg.train.eval_batch_size, self.device))
+
+    def end_round(self) -> dict[str, Any]:
+        """Switch to the round's final mask, record the round, and save its ticket."""
+        assert self.plan is not None
+        r, plan = self.round, self.plan
+        rows = [row for row in self.epoch_rows if row["round"] == r]
+        best = max(rows, key=lambda row: row["val_acc"])  # first epoch with the best val accuracy
+        apply_masks_(self.weights.values(), [plan.final[n] for n in self.names])
+        record = {
+            "round": r,
+            "remain_weight": 100.0 * plan.final.density(),
+            "channel_sparsity": 100.0 * plan.final.channel_sparsity(),
+            "best_val_acc": best["val_acc"],
+            "best_epoch": best["epoch"],
+            "test_acc": best["test_acc"],
+            "final_test_acc": self.evaluate("test") if not plan.final.equal(plan.train) else rows[-1]["test_acc"],
+            "epochs": len(rows),
+            "seconds": round(self.round_seconds, 3),
+        }
+        plan.final.save(self.run_dir / "masks" / f"round_{r}.pt")
+        atomic_torch_save(self.model.state_dict(), self.run_dir / "weights" / f"round_{r}.pt")
+        self.round_rows.append(record)
+        self.ticket = plan.final
+        self.round, self.epoch, self.plan = r + 1, 0, None
+        self.optimizer = self.scheduler = None
+        return record
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume, or report) the experiment ``cfg`` describes; return its summary."""
+    validate_config(cfg)
+    run_dir = run_directory(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _log_to_file(run_dir):
+        return _run(cfg, run_dir)
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    loop = RoundLoop(cfg, run_dir)
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        loop.restore(load_checkpoint(ckpt, loop.hash))
+        log.info("resuming %s at round %d, epoch %d", run_dir, loop.round, loop.epoch)
+    else:
+        loop.fresh_start()
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("new run in %s", run_dir)
+    loop.tracker_id = loop.tracker.start(run_dir, hashed_config(cfg), loop.tracker_id)
+    if loop.epoch_rows:  # a resumed run: make the files match the checkpoint
+        loop.tracker.log_epochs(loop.epoch_rows)
+        loop.tracker.log_rounds(loop.round_rows)
+    rounds = cfg.prune.rounds
+    try:
+        while loop.round < rounds:
+            if loop.plan is None:
+                loop.begin_round()
+                loop.save()
+            while loop.epoch < cfg.train.epochs:
+                loop.run_epoch()
+                loop.save()
+                loop.tracker.log_epochs(loop.epoch_rows)
+            record = loop.end_round()
+            loop.save()
+            loop.tracker.log_rounds(loop.round_rows)
+            log.info(
+                "round %d/%d: %.2f%% weights remain, best val %.2f%%, test %.2f%% (epoch %d), %.1fs",
+                record["round"], rounds - 1, record["remain_weight"], record["best_val_acc"],
+                record["test_acc"], record["best_epoch"], record["seconds"],
+            )
+    finally:
+        loop.tracker.finish()
+    log.info("finished %s\n%s", run_dir, format_table(loop.round_rows, ROUND_COLUMNS))
+    return {"run_dir": str(run_dir), "config_hash": loop.hash, "rounds": loop.round_rows}
+
+
+@contextmanager
+def _log_to_file(run_dir: Path) -> Iterator[None]:
+    """Mirror the ``rsst`` logger into ``run.log`` in the run directory while the run lasts."""
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
