@@ -34,8 +34,11 @@ Check = tuple[str, Callable[[Any], bool], str]
 
 CHECKS: list[Check] = [
     ("seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    ("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
-     "one of auto, cpu, cuda, cuda:N, mps"),
+    (
+        "device",
+        lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+        "one of auto, cpu, cuda, cuda:N, mps",
+    ),
     ("progress", lambda v: isinstance(v, bool), "true or false"),
     ("prune.rounds", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (round 0 is the dense network)"),
     ("prune.rate", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1): the fraction of alive weights removed"),
@@ -47,9 +50,11 @@ CHECKS: list[Check] = [
     ("train.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("train.eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("lr_schedule.warmup_epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    ("lr_schedule.milestones",
-     lambda v: isinstance(v, list) and all(_is_int(m) and m > 0 for m in v) and v == sorted(v),
-     "an ascending list of positive epoch numbers, e.g. [91,136]"),
+    (
+        "lr_schedule.milestones",
+        lambda v: isinstance(v, list) and all(_is_int(m) and m > 0 for m in v) and v == sorted(v),
+        "an ascending list of positive epoch numbers, e.g. [91,136]",
+    ),
     ("lr_schedule.gamma", lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
     ("optimizer.lr", lambda v: _is_num(v) and v > 0, "a number > 0"),
 ]
@@ -70,9 +75,7 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
     prune, epochs = cfg.prune, cfg.train.epochs
     if prune.rewind == "epoch" and prune.rewind_epoch > epochs:
-        raise ConfigError(
-            f"prune.rewind_epoch={prune.rewind_epoch} is invalid: expected at most train.epochs={epochs}"
-        )
+        raise ConfigError(f"prune.rewind_epoch={prune.rewind_epoch} is invalid: expected at most train.epochs={epochs}")
     if prune.rewind == "pretrained":
         path = prune.get("pretrained")
         if not path:

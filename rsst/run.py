@@ -31,8 +31,16 @@ from rsst.training import evaluate, resolve_device, train_epoch
 
 log = logging.getLogger("rsst")
 
-ROUND_COLUMNS = ("round", "remain_weight", "channel_sparsity", "best_val_acc", "test_acc", "final_test_acc",
-                 "epochs", "seconds")
+ROUND_COLUMNS = (
+    "round",
+    "remain_weight",
+    "channel_sparsity",
+    "best_val_acc",
+    "test_acc",
+    "final_test_acc",
+    "epochs",
+    "seconds",
+)
 
 
 def epoch_seed(seed: int, round_: int, epoch: int) -> int:
@@ -115,8 +123,10 @@ class RoundLoop:
         if prune.rewind == "pretrained":
             self.theta_0 = load_pretrained(prune.pretrained, self.model, getattr(self.model, "classifier_name", "fc"))
             self.model.load_state_dict(self.theta_0)
-        if prune.rewind == "init" or (prune.rewind == "epoch" and prune.rewind_epoch == 0) or (
-            prune.rewind == "pretrained"
+        if (
+            prune.rewind == "init"
+            or (prune.rewind == "epoch" and prune.rewind_epoch == 0)
+            or (prune.rewind == "pretrained")
         ):
             self.theta_rewind = self.theta_0
 
@@ -172,7 +182,9 @@ class RoundLoop:
         sched = self.cfg.lr_schedule
         self.optimizer = build(self.cfg.optimizer, "optimizer")(self.model.parameters())
         steps = self.data.num_batches("train", self.cfg.train.batch_size)
-        self.scheduler = build_scheduler(self.optimizer, steps, sched.warmup_epochs, list(sched.milestones), sched.gamma)
+        self.scheduler = build_scheduler(
+            self.optimizer, steps, sched.warmup_epochs, list(sched.milestones), sched.gamma
+        )
 
     def train_batches(self, seed: int):
         return self.data.batches("train", self.cfg.train.batch_size, self.device, seed=seed)
@@ -205,8 +217,13 @@ class RoundLoop:
         assert self.plan is not None and self.optimizer is not None and self.scheduler is not None
         start = time.perf_counter()
         total = self.data.num_batches("train", cfg.train.batch_size)
-        with tqdm(total=total, desc=f"round {r} epoch {e + 1}/{cfg.train.epochs}", leave=False,
-                  disable=not cfg.progress, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=total,
+            desc=f"round {r} epoch {e + 1}/{cfg.train.epochs}",
+            leave=False,
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+        ) as bar:
             stats = train_epoch(
                 self.model,
                 self.train_batches(epoch_seed(cfg.seed, r, e)),
@@ -300,8 +317,13 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             loop.tracker.log_rounds(loop.round_rows)
             log.info(
                 "round %d/%d: %.2f%% weights remain, best val %.2f%%, test %.2f%% (epoch %d), %.1fs",
-                record["round"], rounds - 1, record["remain_weight"], record["best_val_acc"],
-                record["test_acc"], record["best_epoch"], record["seconds"],
+                record["round"],
+                rounds - 1,
+                record["remain_weight"],
+                record["best_val_acc"],
+                record["test_acc"],
+                record["best_epoch"],
+                record["seconds"],
             )
     finally:
         loop.tracker.finish()

@@ -22,8 +22,14 @@ class Synthetic(TensorDataModule):
         seed: int = 0,
         augment: bool = False,
     ) -> None:
-        for key, value in {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
-                           "train_size": train_size, "val_size": val_size, "test_size": test_size}.items():
+        for key, value in {
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "train_size": train_size,
+            "val_size": val_size,
+            "test_size": test_size,
+        }.items():
             if int(value) < 1:
                 raise ValueError(f"dataset.{key}={value}: expected a positive integer")
         gen = torch.Generator().manual_seed(seed)

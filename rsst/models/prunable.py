@@ -13,9 +13,7 @@ def stem_module_name(model: nn.Module) -> str:
     return name
 
 
-def prunable_weights(
-    model: nn.Module, include_stem: bool = False, include_fc: bool = False
-) -> dict[str, nn.Parameter]:
+def prunable_weights(model: nn.Module, include_stem: bool = False, include_fc: bool = False) -> dict[str, nn.Parameter]:
     """``{parameter name: weight}`` for the layers pruning acts on, in module order."""
     stem = stem_module_name(model)
     out: dict[str, nn.Parameter] = {}
