@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from rsst import run
 from rsst.checkpoint import CheckpointError
 from rsst.config import ConfigError
-
-# A short random token that keeps two sweeps started in the same second apart (cached: one per sweep).
-OmegaConf.register_new_resolver("rsst_uid", lambda: secrets.token_hex(2), use_cache=True, replace=True)
 
 log = logging.getLogger("rsst")
 

@@ -10,7 +10,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Keys that say where or how to report, not what is computed: they do not change the hash.
+# `criteria` and `schedule` enter the computation only through interpolations inside `struct`,
+# so a method that uses them hashes them there and a method that does not (imp) ignores them.
 EXCLUDED_KEYS = (
+    "criteria",
+    "schedule",
     "paths",
     "logger",
     "progress",

@@ -20,8 +20,13 @@ class CsvLogger:
     def __init__(self) -> None:
         self.run_dir: Path | None = None
 
-    def start(self, run_dir: Path, config: dict[str, Any], resume_id: str | None = None) -> str | None:
-        """Called once per process; returns an id to keep in the checkpoint (none for files)."""
+    def start(
+        self, run_dir: Path, config: dict[str, Any], resume_id: str | None = None, logged: tuple[int, int] = (0, 0)
+    ) -> str | None:
+        """Called once per process; ``logged`` = (epochs, rounds) already recorded by an earlier process.
+
+        Returns an id to keep in the checkpoint so a resumed run continues the same remote run.
+        """
         self.run_dir = Path(run_dir)
         return resume_id
 
@@ -63,3 +68,111 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.rjust(w) for v, w in zip(b, widths, strict=True)) for b in body]
     return "\n".join(lines)
+
+
+# The original tool's wandb metric names, for dashboards that already exist.
+EPOCH_NAMES = {
+    "train_acc": "accuracy",
+    "val_acc": "val_accuracy",
+    "test_acc": "test_accuracy",
+    "remain_weight": "remain_weight",
+    "reg_lambda": "reg_lambd",
+    "round": "prune_times",
+}
+
+
+class WandbLogger(CsvLogger):
+    """The files of :class:`CsvLogger`, plus a wandb run (offline unless wandb is configured).
+
+    A wandb failure is logged as a warning and turns wandb off for the rest of the run;
+    it never stops training.
+    """
+
+    def __init__(
+        self,
+        project: str = "rsst",
+        entity: str | None = None,
+        group: str | None = None,
+        mode: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        if mode not in (None, "online", "offline", "disabled"):
+            raise ValueError(f"mode={mode!r}: expected null (auto), online, offline or disabled")
+        self.project, self.entity, self.group, self.mode, self.tags = project, entity, group, mode, list(tags)
+        self.run: Any = None
+        self.sent = (0, 0)
+
+    def _mode(self) -> str:
+        import os
+
+        if self.mode:
+            return self.mode
+        if os.environ.get("WANDB_MODE"):
+            return os.environ["WANDB_MODE"]
+        configured = (
+            os.environ.get("WANDB_API_KEY")
+            or (Path.home() / ".netrc").exists()
+            and "api.wandb.ai" in (Path.home() / ".netrc").read_text(errors="ignore")
+        )
+        return "online" if configured else "offline"
+
+    def start(self, run_dir, config, resume_id=None, logged=(0, 0)):
+        super().start(run_dir, config, resume_id, logged)
+        self.sent = logged
+        try:
+            import wandb
+
+            run_id = resume_id or wandb.util.generate_id()
+            self.run = wandb.init(
+                project=self.project,
+                entity=self.entity,
+                group=self.group or Path(run_dir).parent.name,
+                name=Path(run_dir).name,
+                id=run_id,
+                resume="allow",
+                dir=str(run_dir),
+                mode=self._mode(),
+                config=config,
+                tags=self.tags,
+                reinit="finish_previous",
+            )
+            return run_id
+        except Exception as exc:  # a logger must never kill training
+            log.warning("wandb disabled for this run: %s: %s", type(exc).__name__, exc)
+            self.run = None
+            return resume_id
+
+    def _log(self, payload: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(payload)
+        except Exception as exc:
+            log.warning("wandb disabled for this run: %s: %s", type(exc).__name__, exc)
+            self.run = None
+
+    def log_epochs(self, rows):
+        super().log_epochs(rows)
+        for row in rows[self.sent[0] :]:
+            self._log(
+                {
+                    **{k: v for k, v in row.items() if k not in EPOCH_NAMES},
+                    **{EPOCH_NAMES[k]: v for k, v in row.items() if k in EPOCH_NAMES},
+                }
+            )
+        self.sent = (len(rows), self.sent[1])
+
+    def log_rounds(self, rows):
+        super().log_rounds(rows)
+        for row in rows[self.sent[1] :]:
+            self._log({"prune_times": row["round"], **{f"round/{k}": v for k, v in row.items()}})
+        self.sent = (self.sent[0], len(rows))
+
+    def finish(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception as exc:
+                log.warning("wandb finish failed: %s: %s", type(exc).__name__, exc)
+            self.run = None

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A one-node Slurm cluster on this machine, for trying the Slurm launcher and for the tests.
+#   bash scripts/slurm_local.sh install   # Debian packages (root): slurmctld slurmd slurm-client munge
+#   bash scripts/slurm_local.sh start     # start munged, slurmctld, slurmd; wait until the node is idle
+#   bash scripts/slurm_local.sh stop
+# Clients find the cluster through SLURM_CONF: `export SLURM_CONF=$(bash scripts/slurm_local.sh conf)`.
+set -euo pipefail
+
+state=${RSST_SLURM_DIR:-/tmp/rsst-slurm}
+conf="$state/slurm.conf"
+host=$(hostname -s)
+cpus=$(nproc)
+
+install() {
+    if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
+        && command -v munged >/dev/null; then
+        return 0
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+}
+
+write_conf() {
+    mkdir -p "$state"/{spool,ctld,log}
+    cat > "$conf" <<CONF
+ClusterName=rsst-local
+SlurmctldHost=$host
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+JobAcctGatherType=jobacct_gather/none
+MpiDefault=none
+ReturnToService=2
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=$state/ctld
+SlurmdSpoolDir=$state/spool
+SlurmctldPidFile=$state/slurmctld.pid
+SlurmdPidFile=$state/slurmd.pid
+SlurmctldLogFile=$state/log/slurmctld.log
+SlurmdLogFile=$state/log/slurmd.log
+SlurmctldPort=6817
+SlurmdPort=6818
+MinJobAge=600
+KillWait=5
+NodeName=$host CPUs=$cpus RealMemory=8000 State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+CONF
+}
+
+start() {
+    install
+    write_conf
+    if [ ! -S /run/munge/munge.socket.2 ]; then
+        mkdir -p /run/munge && chown munge:munge /run/munge
+        [ -f /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null;
+            chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
+        runuser -u munge -- munged --force
+    fi
+    export SLURM_CONF="$conf"
+    pgrep -x slurmctld >/dev/null || slurmctld -c -f "$conf"
+    pgrep -x slurmd >/dev/null || slurmd -f "$conf"
+    for _ in $(seq 60); do
+        if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+            echo "slurm is up: export SLURM_CONF=$conf"
+            return 0
+        fi
+        sleep 1
+    done
+    echo "slurm did not come up; logs in $state/log" >&2
+    return 1
+}
+
+stop() {
+    pkill -x slurmd 2>/dev/null || true
+    pkill -x slurmctld 2>/dev/null || true
+}
+
+case "${1:-}" in
+    install) install ;;
+    start) start ;;
+    stop) stop ;;
+    conf) echo "$conf" ;;
+    *) echo "usage: $0 install|start|stop|conf" >&2; exit 2 ;;
+esac

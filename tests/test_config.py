@@ -1,0 +1,105 @@
+"""Every config option composes and instantiates; bad values fail before training, naming key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import CONF, compose_config, launch
+from hydra.utils import instantiate
+
+from rsst.config import ConfigError, build, validate_config
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+ALL_OPTIONS = [(g, o) for g in GROUPS for o in options(g)]
+
+
+def test_the_core_groups_exist():
+    assert {"dataset", "arch", "struct", "optimizer", "logger"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_every_option_composes_and_instantiates(group, option, tmp_path):
+    extra = (
+        [f"dataset.root={tmp_path / 'absent'}"] if group == "dataset" and option not in ("digits", "synthetic") else []
+    )
+    cfg = compose_config([f"{group}={option}", *extra])
+    validate_config(cfg)
+    node = cfg[group]
+    if group == "dataset":
+        try:
+            data = build(node, group)
+        except ConfigError as exc:  # a real data set whose files are not here: the error says where it looked
+            assert str(tmp_path / "absent") in str(exc)
+            return
+        x, y = next(data.batches("train", 4, "cpu", seed=0))
+        assert x.shape == (4, data.in_channels, data.image_size, data.image_size) and y.shape == (4,)
+    elif group == "arch":
+        model = instantiate(node)(num_classes=7, in_channels=3, image_size=32)
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    elif group == "optimizer":
+        opt = instantiate(node)([torch.nn.Parameter(torch.zeros(2))])
+        assert isinstance(opt, torch.optim.Optimizer)
+    else:
+        assert instantiate(node) is not None
+
+
+def test_every_experiment_preset_composes():
+    for preset in options("experiment") if (CONF / "experiment").is_dir() else []:
+        cfg = compose_config([f"experiment={preset}"])
+        validate_config(cfg)
+
+
+BAD_VALUES = [
+    (["prune.rate=1.5"], "prune.rate=1.5", "(0, 1)"),
+    (["prune.rate=0"], "prune.rate=0", "(0, 1)"),
+    (["train.epochs=-1"], "train.epochs=-1", "an integer >= 1"),
+    (["train.batch_size=abc"], "train.batch_size='abc'", "an integer >= 1"),
+    (["prune.rewind=sideways"], "prune.rewind='sideways'", "one of init, epoch, pretrained"),
+    (
+        ["prune.rewind=epoch", "prune.rewind_epoch=40", "train.epochs=3"],
+        "prune.rewind_epoch=40",
+        "at most train.epochs=3",
+    ),
+    (["prune.rounds=0"], "prune.rounds=0", "an integer >= 1"),
+    (["device=gpu0"], "device='gpu0'", "one of auto, cpu"),
+    (["lr_schedule.milestones=[9,3]"], "lr_schedule.milestones=[9, 3]", "ascending"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1", "> 0"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "named", "expected"), BAD_VALUES, ids=[b[1] for b in BAD_VALUES])
+def test_a_wrong_value_names_the_key_the_value_and_what_is_allowed(overrides, named, expected):
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_config(overrides))
+    assert named in str(err.value) and expected in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("prune.rate=1.5", "prune.rate=1.5 is invalid: expected a number in (0, 1)"),
+        ("prune.rewind=sideways", "prune.rewind='sideways' is invalid: expected one of init, epoch, pretrained"),
+    ],
+)
+def test_launch_exits_non_zero_before_training_on_a_bad_value(override, message, tmp_path):
+    proc = launch(override, f"paths.root={tmp_path}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stdout + proc.stderr
+    assert not any(Path(tmp_path).iterdir()), "nothing may be written before the config is valid"
+
+
+@pytest.mark.slow
+def test_an_unknown_group_option_lists_the_available_ones(tmp_path):
+    proc = launch("dataset=imagenet22k", f"paths.root={tmp_path}")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "Could not find 'dataset/imagenet22k'" in out and "digits" in out and "synthetic" in out

@@ -1,0 +1,46 @@
+"""A run's folder is a pure function of what it computes."""
+
+from __future__ import annotations
+
+import itertools
+
+from helpers import compose_config
+
+from rsst.rundir import config_hash, run_directory, run_name
+
+
+def test_the_same_config_gives_the_same_run_directory():
+    a = compose_config(["seed=3", "prune.rate=0.3"])
+    b = compose_config(["prune.rate=0.3", "seed=3"])
+    assert run_directory(a) == run_directory(b)
+
+
+def test_different_configs_never_share_a_run_directory():
+    variants = [
+        [],
+        ["seed=1"],
+        ["prune.rate=0.3"],
+        ["prune.rounds=4"],
+        ["prune.rewind=epoch", "prune.rewind_epoch=1"],
+        ["train.epochs=3"],
+        ["optimizer.lr=0.05"],
+        ["arch=resnet32"],
+        ["dataset=synthetic"],
+        ["lr_schedule.milestones=[5]"],
+    ]
+    dirs = [run_directory(compose_config(v)) for v in variants]
+    assert len(set(dirs)) == len(dirs)
+    for (i, a), (j, b) in itertools.combinations(enumerate(dirs), 2):
+        assert a != b, (variants[i], variants[j])
+
+
+def test_where_and_how_to_report_does_not_change_the_hash():
+    base = config_hash(compose_config([]))
+    for extra in (["paths.root=/elsewhere"], ["device=cpu"], ["progress=false"]):
+        assert config_hash(compose_config(extra)) == base, extra
+
+
+def test_run_name_is_readable_and_ends_with_the_hash():
+    cfg = compose_config(["struct=imp", "seed=2"])
+    assert run_name(cfg) == f"imp_digits_resnet20_s2_{config_hash(cfg)}"
+    assert run_directory(compose_config(["paths.run_dir=/x/y"])).as_posix() == "/x/y"

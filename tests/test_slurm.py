@@ -1,0 +1,116 @@
+"""Sweeps through the submitit Slurm launcher against a real one-node Slurm cluster on this machine.
+
+The cluster is started by ``scripts/slurm_local.sh`` (CI installs the Debian packages). These
+tests skip only where the Slurm binaries are absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import FAST, ROOT, read_rounds
+
+from rsst.report import report
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged")),
+        reason="Slurm binaries are absent (bash scripts/slurm_local.sh install provides them)",
+    ),
+]
+
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.timeout_min=15",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.mem_gb=1",
+]
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    script = ROOT / "scripts" / "slurm_local.sh"
+    subprocess.run(["bash", str(script), "start"], check=True, capture_output=True, text=True, timeout=120)
+    conf = subprocess.run(["bash", str(script), "conf"], check=True, capture_output=True, text=True).stdout.strip()
+    env = {**os.environ, "SLURM_CONF": conf, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    yield env
+
+
+def sweep(env, sweep_dir: Path, *args: str, wait: bool = True) -> subprocess.Popen:
+    cmd = [sys.executable, "launch.py", "-m", *SLURM, *FAST, f"hydra.sweep.dir={sweep_dir}", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if wait:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-4000:]
+    return proc
+
+
+def run_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.iterdir() if (p / "config.yaml").exists())
+
+
+def test_a_2x2_grid_on_slurm_finishes_and_reports_four_rows(slurm_env, tmp_path):
+    sweep_dir = tmp_path / "grid"
+    sweep(
+        slurm_env,
+        sweep_dir,
+        "struct=imp",
+        "prune.rounds=2",
+        "train.epochs=1",
+        "prune.rate=0.2,0.5",
+        "optimizer.lr=0.05,0.1",
+    )
+    dirs = run_dirs(sweep_dir)
+    assert len(dirs) == 4
+    for d in dirs:
+        assert len(read_rounds(d)) == 2
+    result = report(sweep_dir)
+    assert len(result["groups"]) == 4
+    assert result["markdown"].count("\n") == 2 + 4 - 1
+
+
+def epochs_done(run_dir_parent: Path) -> int:
+    for metrics in run_dir_parent.glob("*/metrics.csv"):
+        return max(0, len(metrics.read_text().strip().splitlines()) - 1)
+    return 0
+
+
+def job_ids(sweep_dir: Path) -> list[str]:
+    sub = sweep_dir / ".submitit"
+    return sorted(p.name for p in sub.iterdir() if p.is_dir() and p.name.isdigit()) if sub.exists() else []
+
+
+@pytest.mark.parametrize("interrupt", ["usr2", "requeue"])
+def test_a_preempted_job_resumes_to_the_same_rounds_json(slurm_env, tmp_path, interrupt):
+    args = ["struct=imp", "prune.rounds=3", "train.epochs=3", "seed=3"]
+    straight = tmp_path / "straight"
+    sweep(slurm_env, straight, *args)
+    reference = read_rounds(run_dirs(straight)[0])
+
+    hit = tmp_path / "hit"
+    proc = sweep(slurm_env, hit, *args, wait=False)
+    deadline = time.time() + 300
+    while epochs_done(hit) < 4 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None and epochs_done(hit) >= 4, "the job finished or never started before the signal"
+    (job,) = job_ids(hit)
+    if interrupt == "usr2":  # what Slurm sends signal_delay_s before the time limit: checkpoint, then requeue
+        subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env, check=True)
+    else:  # an administrator's or a preemption's requeue: the job is killed and started again
+        subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    run_dir = run_dirs(hit)[0]
+    log = (run_dir / "run.log").read_text()
+    assert "resuming" in log, log[-2000:]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(read_rounds(run_dir)) == strip(reference)
+    assert epochs_done(hit) == 9
