@@ -23,7 +23,9 @@ from rsst.config import ConfigError, build, validate_config
 from rsst.io import atomic_torch_save, atomic_write_text
 from rsst.models import prunable_weights, stem_module_name
 from rsst.optim import build_scheduler
+from rsst.preemption import GracefulStop, graceful_stop
 from rsst.pruning.masks import Masks, apply_masks_
+from rsst.pruning.regularizer import RSSTPenalty, penalised_norm
 from rsst.pruning.strategies import PruneContext, RoundPlan, Strategy
 from rsst.rundir import config_hash, hashed_config, run_directory
 from rsst.tracking import format_table
@@ -38,6 +40,9 @@ ROUND_COLUMNS = (
     "best_val_acc",
     "test_acc",
     "final_test_acc",
+    "reg_lambda",
+    "penalised_norm_start",
+    "penalised_norm_end",
     "epochs",
     "seconds",
 )
@@ -93,12 +98,12 @@ class RoundLoop:
         self.hash = config_hash(cfg)
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
+        self.strategy: Strategy = build(cfg.struct, "struct")
         self.data = build(cfg.dataset, "dataset")
         factory = build(cfg.arch, "arch")
         self.model: nn.Module = factory(
             num_classes=self.data.num_classes, in_channels=self.data.in_channels, image_size=self.data.image_size
         ).to(self.device)
-        self.strategy: Strategy = build(cfg.struct, "struct")
         self.tracker = build(cfg.logger, "logger")
         self.weights = prunable_weights(self.model, cfg.prune.include_stem, cfg.prune.include_fc)
         self.names = list(self.weights)
@@ -115,6 +120,7 @@ class RoundLoop:
         self.tracker_id: str | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.penalty: RSSTPenalty | None = None  # rebuilt from the plan, never checkpointed
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -165,6 +171,7 @@ class RoundLoop:
             self.new_optimizer()
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            self.new_penalty()
         self.ticket = None if state["ticket"] is None else Masks(state["ticket"]).to(self.device)
         self.theta_0, self.theta_rewind = state["theta_0"], state["theta_rewind"]
         self.epoch_rows, self.round_rows = state["epoch_rows"], state["round_rows"]
@@ -185,6 +192,12 @@ class RoundLoop:
         self.scheduler = build_scheduler(
             self.optimizer, steps, sched.warmup_epochs, list(sched.milestones), sched.gamma
         )
+
+    def new_penalty(self) -> None:
+        """The strategy's gradient penalty for the current plan (RSST's ``lambda(t) * w`` on ``P_r``), if any."""
+        assert self.plan is not None
+        steps = self.data.num_batches("train", self.cfg.train.batch_size)
+        self.penalty = self.strategy.penalty(self.plan, self.weights, steps, self.cfg.train.epochs)
 
     def train_batches(self, seed: int):
         return self.data.batches("train", self.cfg.train.batch_size, self.device, seed=seed)
@@ -211,12 +224,15 @@ class RoundLoop:
         apply_masks_(self.weights.values(), [self.plan.train[n] for n in self.names])
         self.epoch, self.round_seconds = 0, 0.0
         self.new_optimizer()
+        self.new_penalty()
 
     def run_epoch(self) -> None:
         r, e, cfg = self.round, self.epoch, self.cfg
         assert self.plan is not None and self.optimizer is not None and self.scheduler is not None
         start = time.perf_counter()
         total = self.data.num_batches("train", cfg.train.batch_size)
+        if self.penalty is not None:
+            self.penalty.start_epoch(e)
         with tqdm(
             total=total,
             desc=f"round {r} epoch {e + 1}/{cfg.train.epochs}",
@@ -231,6 +247,7 @@ class RoundLoop:
                 self.scheduler,
                 list(self.weights.values()),
                 [self.plan.train[n] for n in self.names],
+                grad_hook=self.penalty,
                 progress=bar,
             )
         row = {
@@ -241,6 +258,7 @@ class RoundLoop:
             "val_acc": self.evaluate("val"),
             "test_acc": self.evaluate("test"),
             "remain_weight": 100.0 * self.plan.train.density(),
+            **({} if self.penalty is None else self.penalty.metrics()),
         }
         self.round_seconds += time.perf_counter() - start
         row["seconds"] = self.round_seconds
@@ -258,6 +276,14 @@ class RoundLoop:
         r, plan = self.round, self.plan
         rows = [row for row in self.epoch_rows if row["round"] == r]
         best = max(rows, key=lambda row: row["val_acc"])  # first epoch with the best val accuracy
+        penalised = {}
+        if plan.penalised is not None:  # measured before the switch to the final mask zeroes P_r
+            assert self.theta_rewind is not None
+            penalised = {
+                "reg_lambda": rows[-1].get("reg_lambda"),
+                "penalised_norm_start": penalised_norm(self.theta_rewind, plan.penalised),
+                "penalised_norm_end": penalised_norm(self.weights, plan.penalised),
+            }
         apply_masks_(self.weights.values(), [plan.final[n] for n in self.names])
         record = {
             "round": r,
@@ -267,6 +293,7 @@ class RoundLoop:
             "best_epoch": best["epoch"],
             "test_acc": best["test_acc"],
             "final_test_acc": self.evaluate("test") if not plan.final.equal(plan.train) else rows[-1]["test_acc"],
+            **penalised,
             "epochs": len(rows),
             "seconds": round(self.round_seconds, 3),
         }
@@ -275,7 +302,7 @@ class RoundLoop:
         self.round_rows.append(record)
         self.ticket = plan.final
         self.round, self.epoch, self.plan = r + 1, 0, None
-        self.optimizer = self.scheduler = None
+        self.optimizer = self.scheduler = self.penalty = None
         return record
 
 
@@ -298,37 +325,56 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         loop.fresh_start()
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info("new run in %s", run_dir)
-    loop.tracker_id = loop.tracker.start(run_dir, hashed_config(cfg), loop.tracker_id)
-    if loop.epoch_rows:  # a resumed run: make the files match the checkpoint
-        loop.tracker.log_epochs(loop.epoch_rows)
-        loop.tracker.log_rounds(loop.round_rows)
     rounds = cfg.prune.rounds
-    try:
-        while loop.round < rounds:
-            if loop.plan is None:
-                loop.begin_round()
-                loop.save()
-            while loop.epoch < cfg.train.epochs:
-                loop.run_epoch()
-                loop.save()
-                loop.tracker.log_epochs(loop.epoch_rows)
-            record = loop.end_round()
-            loop.save()
+    if loop.round < rounds:  # a finished run only reports; it opens no logger
+        logged = (len(loop.epoch_rows), len(loop.round_rows))
+        loop.tracker_id = loop.tracker.start(run_dir, hashed_config(cfg), loop.tracker_id, logged)
+        if loop.epoch_rows:  # a resumed run: make the files match the checkpoint
+            loop.tracker.log_epochs(loop.epoch_rows)
             loop.tracker.log_rounds(loop.round_rows)
-            log.info(
-                "round %d/%d: %.2f%% weights remain, best val %.2f%%, test %.2f%% (epoch %d), %.1fs",
-                record["round"],
-                rounds - 1,
-                record["remain_weight"],
-                record["best_val_acc"],
-                record["test_acc"],
-                record["best_epoch"],
-                record["seconds"],
-            )
-    finally:
-        loop.tracker.finish()
+    with graceful_stop() as stop:
+        try:
+            while loop.round < rounds:
+                _train_round(loop, stop)
+        finally:
+            loop.tracker.finish()
     log.info("finished %s\n%s", run_dir, format_table(loop.round_rows, ROUND_COLUMNS))
     return {"run_dir": str(run_dir), "config_hash": loop.hash, "rounds": loop.round_rows}
+
+
+def _train_round(loop: RoundLoop, stop: GracefulStop | None) -> None:
+    """Finish the current round, saving after every epoch; a pending stop request is honoured after a save."""
+    if loop.plan is None:
+        loop.begin_round()
+        loop.save()
+    while loop.epoch < loop.cfg.train.epochs:
+        loop.run_epoch()
+        loop.save()
+        loop.tracker.log_epochs(loop.epoch_rows)
+        if stop is not None:
+            stop.check()
+    record = loop.end_round()
+    loop.save()
+    loop.tracker.log_rounds(loop.round_rows)
+    log.info(
+        "round %d/%d: %.2f%% weights remain, best val %.2f%%, test %.2f%% (epoch %d), %.1fs",
+        record["round"],
+        loop.cfg.prune.rounds - 1,
+        record["remain_weight"],
+        record["best_val_acc"],
+        record["test_acc"],
+        record["best_epoch"],
+        record["seconds"],
+    )
+    if "penalised_norm_end" in record:
+        log.info(
+            "round %d: lambda %.4g at the end; |P_r| %.4g -> %.4g; test %.2f%% after the switch to R_r",
+            record["round"],
+            record["reg_lambda"],
+            record["penalised_norm_start"],
+            record["penalised_norm_end"],
+            record["final_test_acc"],
+        )
 
 
 @contextmanager

@@ -6,12 +6,15 @@ rewinding and files. A new method costs one small class with a ``plan`` method.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from rsst.pruning.criteria import Criterion
 from rsst.pruning.masks import Masks, global_magnitude_prune
+from rsst.pruning.refill import check_fillback_rate, refill
+from rsst.pruning.regularizer import LambdaSchedule, RSSTPenalty
 
 
 @dataclass
@@ -43,6 +46,12 @@ class Strategy:
     def plan(self, ctx: PruneContext) -> RoundPlan:
         raise NotImplementedError
 
+    def penalty(
+        self, plan: RoundPlan, weights: Mapping[str, Tensor], steps_per_epoch: int, epochs: int
+    ) -> RSSTPenalty | None:
+        """The gradient penalty of a round planned as ``plan``, called between backward and step; none by default."""
+        return None
+
 
 class IMP(Strategy):
     """Iterative magnitude pruning (Frankle & Carbin 2019): global |w| pruning, train with ``M_r``."""
@@ -51,4 +60,72 @@ class IMP(Strategy):
 
     def plan(self, ctx: PruneContext) -> RoundPlan:
         pruned = global_magnitude_prune(ctx.weights, ctx.masks, ctx.rate)
-        return RoundPlan(train=pruned, final=pruned)
+        return RoundPlan(train=pruned, final=pruned.clone())
+
+
+class Refill(Strategy):
+    """Refill (Chen et al. 2022, "Coarsening the Granularity"): train with the channel mask ``R_r``.
+
+    ``R_r = refill(M_r, criteria, fillback_rate)``: per layer, the top-``n`` output
+    channels of the magnitude-pruned mask ``M_r`` kept whole (``rsst.pruning.refill``).
+    The criterion scores the trained network with ``M_r`` applied.
+    """
+
+    name = "refill"
+
+    def __init__(self, criteria: Criterion, fillback_rate: float = 0.0) -> None:
+        check_fillback_rate(fillback_rate)
+        if not isinstance(criteria, Criterion):
+            raise ValueError(f"criteria={criteria!r} is invalid: expected a criterion (remain, magnitude, l1, l2, ...)")
+        self.criteria = criteria
+        self.fillback_rate = fillback_rate
+
+    def masks(self, ctx: PruneContext) -> tuple[Masks, Masks]:
+        """``(M_r, R_r)``: the global magnitude mask and its channel-wise refill, both fresh."""
+        pruned = global_magnitude_prune(ctx.weights, ctx.masks, ctx.rate)
+        scores = self.criteria.scores(ctx.model, pruned, ctx.batches)
+        return pruned, refill(pruned, scores, self.fillback_rate)
+
+    def plan(self, ctx: PruneContext) -> RoundPlan:
+        _, refilled = self.masks(ctx)
+        return RoundPlan(train=refilled, final=refilled.clone())
+
+
+class RSST(Refill):
+    """RSST: train with ``M_r | R_r`` while ``lambda(t) * w`` drives ``P_r = M_r & ~R_r`` to zero; end with ``R_r``."""
+
+    name = "rsst"
+
+    def __init__(
+        self,
+        criteria: Criterion,
+        schedule: LambdaSchedule,
+        fillback_rate: float = 0.0,
+        block_loss_grad: bool = False,
+    ) -> None:
+        super().__init__(criteria, fillback_rate)
+        if not isinstance(schedule, LambdaSchedule):
+            raise ValueError(f"schedule={schedule!r} is invalid: expected a lambda schedule (x, exp_custom, ...)")
+        if not isinstance(block_loss_grad, bool):
+            raise ValueError(f"block_loss_grad={block_loss_grad!r} is invalid: expected true or false")
+        self.schedule = schedule
+        self.block_loss_grad = block_loss_grad
+
+    def plan(self, ctx: PruneContext) -> RoundPlan:
+        pruned, refilled = self.masks(ctx)
+        return RoundPlan(train=pruned.union(refilled), final=refilled, penalised=pruned.minus(refilled))
+
+    def penalty(
+        self, plan: RoundPlan, weights: Mapping[str, Tensor], steps_per_epoch: int, epochs: int
+    ) -> RSSTPenalty | None:
+        if plan.penalised is None:
+            return None
+        names = list(plan.penalised)
+        return RSSTPenalty(
+            [weights[n] for n in names],
+            [plan.penalised[n] for n in names],
+            self.schedule,
+            steps_per_epoch,
+            epochs,
+            self.block_loss_grad,
+        )

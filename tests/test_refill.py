@@ -1,0 +1,131 @@
+"""Refill (DESIGN section 4): whole output channels, exactly n of them, top-n by score, no aliasing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rsst.pruning.criteria import Magnitude, Remain
+from rsst.pruning.masks import Masks, global_magnitude_prune
+from rsst.pruning.refill import channels_to_keep, refill, top_channels
+from rsst.pruning.strategies import PruneContext, Refill
+
+
+def expected_n(alive: int, numel: int, c_out: int, rate: float) -> int:
+    """The formula written out with Python floats, for cases where floats are exact."""
+    d = alive / numel
+    return min(max(math.floor(d * c_out + (c_out - d * c_out) * rate), 1), c_out)
+
+
+def random_mask(shape: tuple[int, ...], density: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=gen) < density).float()
+
+
+@pytest.mark.parametrize(
+    ("alive", "numel", "c_out", "rate", "n"),
+    [
+        (0, 72, 8, 0.0, 1),  # density 0 -> one channel
+        (0, 72, 8, 0.5, 4),  # density 0, half filled back
+        (72, 72, 8, 0.0, 8),  # density 1 -> all channels
+        (72, 72, 8, 0.3, 8),
+        (36, 72, 8, 0.0, 4),  # d*C_out = 4
+        (35, 72, 8, 0.0, 3),  # d*C_out = 3.89: floor
+        (36, 72, 8, 0.5, 6),  # 4 + 4*0.5
+        (36, 72, 8, 1.0, 8),  # fillback_rate 1 keeps all
+        (10, 72, 8, 0.1, 1),  # 1.11 + 6.89*0.1 = 1.8
+        (9, 72, 8, 0.0, 1),  # exactly one channel's worth
+    ],
+)
+def test_channels_to_keep_follows_the_formula(alive, numel, c_out, rate, n):
+    assert channels_to_keep(alive, numel, c_out, rate) == n
+    assert expected_n(alive, numel, c_out, rate) == n
+
+
+def test_channels_to_keep_is_exact_where_floats_round_down():
+    # d*C_out = 14/9 and (6 - 14/9) * 0.1 = 4/9: exactly 2 channels, while floats give 1.9999999999999998
+    d = 14 / 54
+    assert d * 6 + (6 - d * 6) * 0.1 < 2
+    assert channels_to_keep(14, 54, 6, 0.1) == 2
+    # the fill-back rate is the decimal as written: 10 * 0.3 is 3 channels, not 2.999...
+    assert channels_to_keep(0, 90, 10, 0.3) == 3
+
+
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.2, 0.5, 0.8, 1.0])
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 1.0])
+def test_refill_rows_are_whole_with_exactly_n_per_layer(density, rate):
+    shapes = {"conv_a.weight": (8, 3, 3, 3), "conv_b.weight": (16, 8, 1, 1), "fc.weight": (5, 16)}
+    masks = Masks({n: random_mask(s, density, seed=i) for i, (n, s) in enumerate(shapes.items())})
+    scores = {n: torch.randn(s[0], generator=torch.Generator().manual_seed(7)) for n, s in shapes.items()}
+    out = refill(masks, scores, rate)
+    assert set(out) == set(masks)
+    for name, r in out.items():
+        m = masks[name]
+        assert r.shape == m.shape and r.dtype == torch.float32
+        rows = r.flatten(1)
+        assert bool(((rows == 0).all(1) | (rows == 1).all(1)).all()), f"{name}: a row is partly kept"
+        n = expected_n(int(m.sum()), m.numel(), m.shape[0], rate)
+        assert int(rows[:, 0].sum()) == n
+    if density == 0.0 and rate == 0.0:
+        assert all(int(r.flatten(1)[:, 0].sum()) == 1 for r in out.values())
+    if density == 1.0 or rate == 1.0:
+        assert all(bool((r == 1).all()) for r in out.values())
+
+
+def test_refill_keeps_the_top_scores_and_breaks_ties_by_index():
+    mask = torch.zeros(6, 2, 1, 1)
+    mask[:3] = 1  # d*C_out = 3
+    scores = torch.tensor([0.5, 2.0, 0.5, 9.0, 0.5, 0.1])
+    r = refill({"w": mask}, {"w": scores})["w"]
+    assert r[:, 0, 0, 0].tolist() == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]  # 9, 2, then the first of three 0.5s
+    assert top_channels(torch.zeros(4), 2).tolist() == [0, 1]
+    assert top_channels(torch.tensor([1.0, 3.0, 3.0, 2.0]), 3).tolist() == [1, 2, 3]
+
+
+def test_refill_never_writes_into_or_aliases_its_inputs():
+    masks = Masks({"a.weight": random_mask((8, 4, 3, 3), 0.3, 0), "b.weight": random_mask((4, 8, 3, 3), 0.6, 1)})
+    scores = {"a.weight": torch.arange(8.0), "b.weight": torch.tensor([3.0, 1.0, 2.0, 0.0])}
+    before = masks.clone()
+    scores_before = {n: s.clone() for n, s in scores.items()}
+    out = refill(masks, scores, 0.2)
+    assert masks.equal(before)
+    assert all(torch.equal(scores[n], scores_before[n]) for n in scores)
+    inputs = {t.untyped_storage().data_ptr() for t in [*masks.values(), *scores.values()]}
+    outputs = [t.untyped_storage().data_ptr() for t in out.values()]
+    assert not inputs & set(outputs) and len(set(outputs)) == len(outputs)
+    out["a.weight"].zero_()
+    assert masks.equal(before)
+
+
+def test_refill_rejects_a_fillback_rate_outside_0_1():
+    with pytest.raises(ValueError, match=r"fillback_rate=1.5 is invalid: expected a number in \[0, 1\]"):
+        refill({"w": torch.ones(2, 1)}, {"w": torch.ones(2)}, 1.5)
+    with pytest.raises(ValueError, match=r"fillback_rate=-0.1"):
+        Refill(Remain(), fillback_rate=-0.1)
+
+
+class TwoConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, bias=False)
+        self.conv2 = nn.Conv2d(4, 4, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x)).mean((2, 3))
+
+
+def test_refill_strategy_trains_and_ends_with_the_refill_of_the_magnitude_mask():
+    torch.manual_seed(0)
+    model = TwoConv()
+    weights = {n: p.detach() for n, p in model.named_parameters()}
+    ticket = Masks.ones_like(weights)
+    ctx = PruneContext(round=1, model=model, weights=weights, masks=ticket, rate=0.5, batches=lambda: iter([]))
+    plan = Refill(Magnitude(), fillback_rate=0.0).plan(ctx)
+    pruned = global_magnitude_prune(weights, ticket, 0.5)
+    expected = refill(pruned, Magnitude().scores(model, pruned, ctx.batches), 0.0)
+    assert plan.train.equal(expected) and plan.final.equal(expected) and plan.penalised is None
+    assert plan.train["conv1.weight"].data_ptr() != plan.final["conv1.weight"].data_ptr()
+    assert ticket.equal(Masks.ones_like(weights))

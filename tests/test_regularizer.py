@@ -1,0 +1,206 @@
+"""The RSST penalty and its lambda schedules (DESIGN section 4), checked against the formulas written out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rsst.pruning.regularizer import (
+    ExpCustomExponentsSchedule,
+    ExpCustomSchedule,
+    RSSTPenalty,
+    SteppedSchedule,
+    penalised_norm,
+)
+
+E1 = math.e - 1
+
+
+def lam(schedule, t: int, T: int) -> float:
+    return float(schedule(torch.tensor(t), T))
+
+
+@pytest.mark.parametrize("T", [10, 64, 391])
+def test_exp_custom_matches_its_formula_at_0_half_and_end(T):
+    g = 0.7
+    s = ExpCustomSchedule(reg_granularity_prune=g)
+    assert lam(s, 0, T) == 0.0
+    assert lam(s, T // 2, T) == pytest.approx(g / E1 * (math.exp((T // 2) / T) - 1), rel=1e-6)
+    assert lam(s, T, T) == pytest.approx(g, rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 2.5])
+def test_exp_custom_exponents_matches_its_formula_at_0_half_and_end(n):
+    g, T = 1.0, 100
+    s = ExpCustomExponentsSchedule(reg_granularity_prune=g, exponents=n)
+    assert lam(s, 0, T) == 0.0
+    assert lam(s, 50, T) == pytest.approx(g / E1 * (math.exp(0.5**n) - 1), rel=1e-6)
+    assert lam(s, T, T) == pytest.approx(g, rel=1e-6)
+    if n == 4:  # the default curve is flat early: under 4% of g at half time
+        assert lam(s, 50, T) == pytest.approx(0.03753, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "f"), [("x", lambda z: z), ("x2", lambda z: z**2), ("x3", lambda z: z**3), ("exp", math.exp)]
+)
+def test_stepped_schedules_match_min_ceiling_f_u_g(kind, f):
+    g, every, ceiling, T = 0.05, 5, 100.0, 100
+    s = SteppedSchedule(kind=kind, reg_granularity_prune=g, update_every=every, ceiling=ceiling)
+    for t in (0, 4, 5, 9, 10, 49, 50, T):
+        u = t // every
+        assert lam(s, t, T) == pytest.approx(min(ceiling, f(u * g)), rel=1e-6), t
+    assert lam(s, 0, T) == f(0.0)
+    assert lam(s, 50, T) == pytest.approx(f(10 * g), rel=1e-6)
+    assert lam(s, T, T) == pytest.approx(f(20 * g), rel=1e-6)
+
+
+def test_stepped_schedules_respect_the_ceiling_and_update_every():
+    s = SteppedSchedule(kind="x", reg_granularity_prune=0.1, update_every=3, ceiling=0.45)
+    seq = [lam(s, t, 100) for t in range(20)]
+    assert seq[:3] == [0.0, 0.0, 0.0]  # no notch before `update_every` steps
+    assert seq[3:6] == pytest.approx([0.1] * 3)
+    assert seq[6] == pytest.approx(0.2)
+    assert max(seq) == pytest.approx(0.45) and seq[-1] == pytest.approx(0.45)  # u*g = 0.6 is capped
+    assert SteppedSchedule(kind="exp", reg_granularity_prune=1e-4).ceiling == 1.0
+    assert lam(SteppedSchedule(kind="exp", reg_granularity_prune=1.0, ceiling=5.0), 50, 100) == 5.0
+
+
+def run_penalty(penalty: RSSTPenalty, epochs: range, steps: int, w: torch.Tensor) -> list[float]:
+    seq = []
+    for e in epochs:
+        penalty.start_epoch(e)
+        for _ in range(steps):
+            w.grad = torch.zeros_like(w)
+            penalty()
+            seq.append(float(penalty.lam))
+    return seq
+
+
+@pytest.mark.parametrize("period", ["round", "epoch"])
+def test_penalty_follows_the_schedule_over_its_period(period):
+    spe, epochs, g = 4, 3, 2.0
+    w = torch.ones(2, 2)
+    schedule = ExpCustomExponentsSchedule(reg_granularity_prune=g, exponents=2, period=period)
+    penalty = RSSTPenalty([w], [torch.ones(2, 2)], schedule, steps_per_epoch=spe, epochs=epochs)
+    seq = run_penalty(penalty, range(epochs), spe, w)
+    T = spe * epochs if period == "round" else spe
+    # step k (1-based) of the period uses lambda(k): the last step of a period uses lambda(T) = g
+    expected = [
+        g / E1 * (math.exp((k / T) ** 2) - 1)
+        for k in (range(1, T + 1) if period == "round" else list(range(1, spe + 1)) * epochs)
+    ]
+    assert seq == pytest.approx(expected, rel=1e-6)
+    assert seq[-1] == pytest.approx(g)
+    if period == "epoch":
+        assert seq[spe - 1] == pytest.approx(g) and seq[spe] == pytest.approx(expected[0])
+
+
+def test_a_resumed_round_continues_the_exact_lambda_sequence():
+    spe, epochs = 5, 4
+    schedule = SteppedSchedule(kind="x2", reg_granularity_prune=0.1, update_every=2, ceiling=10.0)
+    w = torch.ones(3)
+    whole = run_penalty(RSSTPenalty([w], [torch.ones(3)], schedule, spe, epochs), range(epochs), spe, w)
+    resumed = run_penalty(RSSTPenalty([w], [torch.ones(3)], schedule, spe, epochs), range(2, epochs), spe, w)
+    assert resumed == whole[2 * spe :]
+
+
+def make_layer(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(4, 3, 3, 3, generator=gen)
+    p = torch.zeros(4, 3, 3, 3)
+    p[1] = (torch.rand(3, 3, 3, generator=gen) < 0.5).float()  # partly alive channels, cut by refill
+    p[3] = 1.0
+    return w, p
+
+
+def constant(value: float) -> SteppedSchedule:
+    """lambda = value from the first step on."""
+    return SteppedSchedule(kind="x", reg_granularity_prune=value, update_every=1, ceiling=value)
+
+
+def test_penalty_is_nonzero_exactly_on_P_and_equals_lambda_w():
+    (w1, p1), (w2, _) = make_layer(0), make_layer(1)
+    p2 = torch.zeros_like(w2)  # a layer with nothing penalised
+    task = [torch.randn_like(w1), torch.randn_like(w2)]
+    w1.grad, w2.grad = task[0].clone(), task[1].clone()
+    w_before = [w1.clone(), w2.clone()]
+    RSSTPenalty([w1, w2], [p1, p2], constant(0.5), steps_per_epoch=10, epochs=1)()
+    added = w1.grad - task[0]
+    assert torch.equal(added != 0, (p1 == 1) & (w1 != 0))
+    torch.testing.assert_close(added, 0.5 * w1 * p1)
+    assert torch.equal(w2.grad, task[1])
+    assert torch.equal(w1, w_before[0]) and torch.equal(w2, w_before[1])  # weights are the optimiser's job
+
+
+def test_block_loss_grad_changes_only_the_gradients_of_P():
+    w, p = make_layer(2)
+    task = torch.randn_like(w)
+    outside = p == 0
+    for block in (False, True):
+        w.grad = task.clone()
+        RSSTPenalty([w], [p], constant(0.25), 10, 1, block_loss_grad=block)()
+        assert torch.equal(w.grad[outside], task[outside])  # bit for bit
+        inside = p == 1
+        expected = 0.25 * w[inside] + (0 if block else task[inside])
+        torch.testing.assert_close(w.grad[inside], expected)
+    assert not torch.equal(task[p == 1], w.grad[p == 1])
+
+
+def test_penalty_step_never_reads_a_tensor_on_the_host(monkeypatch):
+    w, p = make_layer(3)
+    penalty = RSSTPenalty([w], [p], ExpCustomExponentsSchedule(1.0, 4), 10, 2, block_loss_grad=True)
+    w.grad = torch.zeros_like(w)
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("the penalty step read a tensor on the host")
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    for _ in range(3):
+        penalty()
+    monkeypatch.undo()
+    assert penalty.t.item() == 3 and penalty.lam.dim() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to check for host synchronisation")
+def test_penalty_step_does_not_synchronise_with_the_gpu():
+    w, p = (t.cuda() for t in make_layer(4))
+    penalty = RSSTPenalty([w], [p], ExpCustomExponentsSchedule(1.0, 4), 10, 2)
+    w.grad = torch.zeros_like(w)
+    penalty.start_epoch(1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            penalty()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert penalty.t.item() == 15
+    assert penalty.lam.item() == pytest.approx(1 / E1 * (math.exp((15 / 20) ** 4) - 1), rel=1e-5)
+
+
+def test_penalised_norm_is_the_l2_norm_of_the_penalised_weights():
+    w = {"a": torch.tensor([[3.0, 1.0], [4.0, 2.0]]), "b": torch.tensor([12.0, 5.0])}
+    p = {"a": torch.tensor([[1.0, 0.0], [1.0, 0.0]]), "b": torch.tensor([1.0, 0.0])}
+    assert penalised_norm(w, p) == pytest.approx(13.0)  # sqrt(9 + 16 + 144)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: ExpCustomSchedule(1.0, period="week"),
+            r"schedule.period='week' is invalid: expected one of round, ep",
+        ),
+        (lambda: ExpCustomExponentsSchedule(1.0, exponents=-1), r"schedule.exponents=-1 is invalid: expected a fin"),
+        (lambda: ExpCustomSchedule(-0.5), r"schedule.reg_granularity_prune=-0.5 is invalid: expected a finite number"),
+        (lambda: SteppedSchedule(kind="x4"), r"schedule.kind='x4' is invalid: expected one of x, x2, x3, exp"),
+        (lambda: SteppedSchedule(update_every=0), r"schedule.update_every=0 is invalid: expected an integer >= 1"),
+        (lambda: SteppedSchedule(ceiling=0), r"schedule.ceiling=0 is invalid: expected a finite number > 0"),
+    ],
+)
+def test_schedules_reject_wrong_values_with_key_value_and_what_is_allowed(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
