@@ -1,0 +1,47 @@
+"""logger=wandb: offline by default, the original metric names, and one wandb run across a resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import FAST, ROOT, launch, only_run_dir
+
+from rsst.checkpoint import load_checkpoint
+
+NAMES = ("remain_weight", "reg_lambd", "accuracy", "val_accuracy", "test_accuracy", "prune_times")
+ARGS = [*FAST, "logger=wandb", "struct=rsst", "criteria=magnitude", "prune.rounds=2", "train.epochs=3"]
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_logs_the_original_names_and_keeps_its_id_across_a_resume(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "launch.py", *ARGS, f"paths.root={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        metrics = list(tmp_path.glob("*/metrics.csv"))
+        if metrics and len(metrics[0].read_text().splitlines()) >= 3:  # header + 2 epochs
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = launch(*ARGS, f"paths.root={tmp_path}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    run_dir = only_run_dir(tmp_path)
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2, runs
+    ids = {r.name.rsplit("-", 1)[-1] for r in runs}
+    assert len(ids) == 1
+    (run_id,) = ids
+    assert load_checkpoint(run_dir / "checkpoint.pt", run_dir.name.rsplit("_", 1)[-1])["tracker_id"] == run_id
+    history = b"".join((r / f"run-{run_id}.wandb").read_bytes() for r in runs)
+    for name in NAMES:
+        assert name.encode() in history, name
+    assert tmp_path.name.encode() in history  # the group: the folder above the run
