@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,7 @@ class WandbLogger(CsvLogger):
         try:
             import wandb
 
-            run_id = resume_id or wandb.util.generate_id()
+            run_id = resume_id or secrets.token_hex(4)
             self.run = wandb.init(
                 project=self.project,
                 entity=self.entity,
