@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install rsst into it (idempotent). With --dev: also pytest/ruff and the
-# system packages the tests use (Debian's dataset-fashion-mnist), when run as root with apt.
+# system packages the tests use (Debian's dataset-fashion-mnist and a Slurm cluster's daemons),
+# when run as root with apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,8 +19,12 @@ fi
 
 if [ "$dev" = 1 ]; then
     "${pip[@]}" -e '.[dev]'
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+        fi
+        bash scripts/slurm_local.sh install
     fi
 else
     "${pip[@]}" -e .
