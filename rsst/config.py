@@ -42,6 +42,11 @@ CHECKS: list[Check] = [
     ("progress", lambda v: isinstance(v, bool), "true or false"),
     ("prune.rounds", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (round 0 is the dense network)"),
     ("prune.rate", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1): the fraction of alive weights removed"),
+    (
+        "prune.density",
+        lambda v: v is None or (_is_num(v) and 0 < v <= 1),
+        "null or a number in (0, 1]: the fraction of prunable weights kept",
+    ),
     ("prune.rewind", lambda v: v in REWIND_MODES, f"one of {', '.join(REWIND_MODES)}"),
     ("prune.rewind_epoch", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     ("prune.include_stem", lambda v: isinstance(v, bool), "true or false"),

@@ -25,8 +25,8 @@ from rsst.models import prunable_weights, stem_module_name
 from rsst.optim import build_scheduler
 from rsst.preemption import GracefulStop, graceful_stop
 from rsst.pruning.masks import Masks, apply_masks_
-from rsst.pruning.regularizer import RSSTPenalty, penalised_norm
-from rsst.pruning.strategies import PruneContext, RoundPlan, Strategy
+from rsst.pruning.regularizer import penalised_norm
+from rsst.pruning.strategies import Penalty, PruneContext, RoundPlan, Strategy, imp_equivalent_density
 from rsst.rundir import config_hash, hashed_config, run_directory
 from rsst.tracking import format_table
 from rsst.training import evaluate, resolve_device, train_epoch
@@ -120,7 +120,7 @@ class RoundLoop:
         self.tracker_id: str | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.penalty: RSSTPenalty | None = None  # rebuilt from the plan, never checkpointed
+        self.penalty: Penalty | None = None  # rebuilt from the plan; its state_dict(), if any, is checkpointed
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -143,7 +143,10 @@ class RoundLoop:
             "config": hashed_config(self.cfg),
             "round": self.round,
             "epoch": self.epoch,
-            "plan": None if plan is None else {"train": plan.train, "final": plan.final, "penalised": plan.penalised},
+            "plan": None
+            if plan is None
+            else {"train": plan.train, "final": plan.final, "penalised": plan.penalised, "target": plan.target},
+            "penalty": self.penalty.state_dict() if hasattr(self.penalty, "state_dict") else None,
             "ticket": self.ticket,
             "model": self.model.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
@@ -167,11 +170,14 @@ class RoundLoop:
                 train=Masks(plan["train"]).to(self.device),
                 final=Masks(plan["final"]).to(self.device),
                 penalised=None if plan["penalised"] is None else Masks(plan["penalised"]).to(self.device),
+                target=plan.get("target"),
             )
             self.new_optimizer()
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.new_penalty()
+            if state.get("penalty") is not None:
+                self.penalty.load_state_dict(state["penalty"])
         self.ticket = None if state["ticket"] is None else Masks(state["ticket"]).to(self.device)
         self.theta_0, self.theta_rewind = state["theta_0"], state["theta_rewind"]
         self.epoch_rows, self.round_rows = state["epoch_rows"], state["round_rows"]
@@ -202,6 +208,20 @@ class RoundLoop:
     def train_batches(self, seed: int):
         return self.data.batches("train", self.cfg.train.batch_size, self.device, seed=seed)
 
+    def target_density(self, round_: int) -> float:
+        """``prune.density`` if set, else the density IMP reaches after ``round_`` rounds of ``prune.rate``."""
+        if self.cfg.prune.density is not None:
+            return float(self.cfg.prune.density)
+        total = sum(w.numel() for w in self.weights.values())
+        return imp_equivalent_density(total, float(self.cfg.prune.rate), round_)
+
+    def dense_weights(self) -> dict[str, torch.Tensor]:
+        """The trained dense network: the state_dict saved at the end of round 0."""
+        path = self.run_dir / "weights" / "round_0.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the trained dense network (round 0) is needed to prune")
+        return torch.load(path, map_location=self.device, weights_only=True)
+
     def begin_round(self) -> None:
         """Plan round ``self.round`` from the trained weights, rewind, and apply the round's training mask."""
         r = self.round
@@ -217,6 +237,10 @@ class RoundLoop:
                 masks=self.ticket,
                 rate=float(self.cfg.prune.rate),
                 batches=lambda: self.train_batches(epoch_seed(self.cfg.seed, r, 1 << 15)),
+                density=self.target_density(r),
+                seed=self.cfg.seed,
+                theta_rewind=self.theta_rewind,
+                dense=self.dense_weights,
             )
             self.plan = self.strategy.plan(ctx)
             assert self.theta_rewind is not None, "theta_rewind is set by the end of round 0"
@@ -274,6 +298,7 @@ class RoundLoop:
         """Switch to the round's final mask, record the round, and save its ticket."""
         assert self.plan is not None
         r, plan = self.round, self.plan
+        final = self.strategy.final_masks(plan, self.penalty)
         rows = [row for row in self.epoch_rows if row["round"] == r]
         best = max(rows, key=lambda row: row["val_acc"])  # first epoch with the best val accuracy
         penalised = {}
@@ -284,23 +309,23 @@ class RoundLoop:
                 "penalised_norm_start": penalised_norm(self.theta_rewind, plan.penalised),
                 "penalised_norm_end": penalised_norm(self.weights, plan.penalised),
             }
-        apply_masks_(self.weights.values(), [plan.final[n] for n in self.names])
+        apply_masks_(self.weights.values(), [final[n] for n in self.names])
         record = {
             "round": r,
-            "remain_weight": 100.0 * plan.final.density(),
-            "channel_sparsity": 100.0 * plan.final.channel_sparsity(),
+            "remain_weight": 100.0 * final.density(),
+            "channel_sparsity": 100.0 * final.channel_sparsity(),
             "best_val_acc": best["val_acc"],
             "best_epoch": best["epoch"],
             "test_acc": best["test_acc"],
-            "final_test_acc": self.evaluate("test") if not plan.final.equal(plan.train) else rows[-1]["test_acc"],
+            "final_test_acc": self.evaluate("test") if not final.equal(plan.train) else rows[-1]["test_acc"],
             **penalised,
             "epochs": len(rows),
             "seconds": round(self.round_seconds, 3),
         }
-        plan.final.save(self.run_dir / "masks" / f"round_{r}.pt")
+        final.save(self.run_dir / "masks" / f"round_{r}.pt")
         atomic_torch_save(self.model.state_dict(), self.run_dir / "weights" / f"round_{r}.pt")
         self.round_rows.append(record)
-        self.ticket = plan.final
+        self.ticket = final
         self.round, self.epoch, self.plan = r + 1, 0, None
         self.optimizer = self.scheduler = self.penalty = None
         return record

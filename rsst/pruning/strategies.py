@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
@@ -24,6 +25,7 @@ class RoundPlan:
     train: Masks
     final: Masks
     penalised: Masks | None = None
+    target: int | None = None  # weights the final mask keeps, when the strategy decides it at the round's end
 
 
 @dataclass
@@ -36,6 +38,36 @@ class PruneContext:
     masks: Masks  # the previous round's final masks
     rate: float  # fraction of the still-alive weights to remove
     batches: Callable[[], Iterator[tuple[Tensor, Tensor]]]  # a fresh iterator of training batches
+    density: float | None = None  # target fraction of prunable weights kept after this round (baselines)
+    seed: int = 0  # the run's seed (random masks draw from it and the round)
+    theta_rewind: Mapping[str, Tensor] | None = None  # the whole state_dict the round rewinds to ("at init")
+    dense: Callable[[], Mapping[str, Tensor]] | None = None  # the trained dense network's state_dict (round 0)
+
+
+class Penalty(Protocol):
+    """A round's gradient penalty: called between ``backward`` and ``step``; optional ``state_dict``."""
+
+    def start_epoch(self, epoch: int) -> None: ...
+
+    def __call__(self) -> None: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+
+def imp_equivalent_density(total: int, rate: float, round_: int) -> float:
+    """The density IMP reaches after ``round_`` rounds: ``round(rate * alive)`` removed per round, as IMP rounds."""
+    alive = total
+    for _ in range(round_):
+        alive -= round(rate * alive)
+    return alive / total if total else 1.0
+
+
+def target_keep(ctx: PruneContext) -> int:
+    """Number of prunable weights this round keeps: ``round(ctx.density * total)``, or one IMP step from the ticket."""
+    if ctx.density is None:
+        alive = ctx.masks.alive()
+        return alive - round(ctx.rate * alive)
+    return round(ctx.density * ctx.masks.numel())
 
 
 class Strategy:
@@ -48,9 +80,17 @@ class Strategy:
 
     def penalty(
         self, plan: RoundPlan, weights: Mapping[str, Tensor], steps_per_epoch: int, epochs: int
-    ) -> RSSTPenalty | None:
+    ) -> Penalty | None:
         """The gradient penalty of a round planned as ``plan``, called between backward and step; none by default."""
         return None
+
+    def final_masks(self, plan: RoundPlan, penalty: Any) -> Masks:
+        """The masks the round ends with, decided after its last epoch; ``plan.final`` unless overridden.
+
+        Must not change ``penalty`` or the weights: a run killed before its end-of-round
+        checkpoint calls it again on the restored state.
+        """
+        return plan.final
 
 
 class IMP(Strategy):
@@ -117,7 +157,7 @@ class RSST(Refill):
 
     def penalty(
         self, plan: RoundPlan, weights: Mapping[str, Tensor], steps_per_epoch: int, epochs: int
-    ) -> RSSTPenalty | None:
+    ) -> Penalty | None:
         if plan.penalised is None:
             return None
         names = list(plan.penalised)
