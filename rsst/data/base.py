@@ -2,8 +2,12 @@
 
 Every data module exposes ``num_classes``, ``in_channels``, ``image_size``, ``mean``
 and ``std``, and yields normalised ``(x, y)`` batches on the requested device. The
-order of an epoch is a pure function of the seed given, so a resumed run sees
-exactly the batches an uninterrupted run would have seen.
+order of an epoch, and the augmentation of each of its batches, are a pure function
+of the seed given, so a resumed run sees exactly the batches an uninterrupted run
+would have seen, whether the batches are cut on the device or by DataLoader workers.
+
+Images are stored as uint8 (real data sets) or float in [0, 1] (generated ones) and
+are scaled and normalised one batch at a time, so no float copy of a data set is held.
 """
 
 from __future__ import annotations
@@ -13,25 +17,48 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class Split:
-    x: Tensor  # float in [0, 1], shape [N, C, H, W]
+    x: Tensor  # uint8 in [0, 255] or float in [0, 1], shape [N, C, H, W]
     y: Tensor  # int64 class labels, shape [N]
 
     def __post_init__(self) -> None:
+        if self.x.dim() != 4:
+            raise ValueError(f"split images must have shape [N, C, H, W], got {tuple(self.x.shape)}")
+        if self.x.dtype != torch.uint8 and not self.x.is_floating_point():
+            raise ValueError(f"split images must be uint8 or float, got {self.x.dtype}")
         if self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"split has {self.x.shape[0]} images but {self.y.shape[0]} labels")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def head(self, n: int | None) -> Split:
+        """The first ``n`` samples (all of them when ``n`` is None)."""
+        return self if n is None else Split(self.x[:n], self.y[:n])
+
+
+def check_subsets(train_subset: int | None, eval_subset: int | None) -> None:
+    """Raise ``ValueError`` naming the key unless each subset size is a positive integer or None."""
+    for key, value in (("train_subset", train_subset), ("eval_subset", eval_subset)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"dataset.{key}={value!r}: expected a positive integer or null")
+
 
 class TensorDataModule:
-    """Base class for data sets small enough to hold in memory as tensors."""
+    """Base class for data sets small enough to hold in memory as tensors.
+
+    ``num_workers=0`` keeps each split on the training device (moved once) and cuts
+    batches there, augmentation included; ``num_workers>0`` keeps the data on the CPU
+    and cuts batches in DataLoader worker processes, pinned when ``pin_memory``. Both
+    yield the same batches for the same seed. ``train_subset`` / ``eval_subset`` keep
+    only the first N images of train / of val and test, for quick looks.
+    """
 
     name = "tensor"
 
@@ -44,20 +71,37 @@ class TensorDataModule:
         mean: Sequence[float],
         std: Sequence[float],
         augment: bool = False,
+        crop_padding: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        train_subset: int | None = None,
+        eval_subset: int | None = None,
     ) -> None:
-        self.splits = {"train": train, "val": val, "test": test}
+        check_subsets(train_subset, eval_subset)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"dataset.num_workers={num_workers!r}: expected an integer >= 0")
+        if crop_padding is not None and (not isinstance(crop_padding, int) or crop_padding < 0):
+            raise ValueError(f"dataset.crop_padding={crop_padding!r}: expected an integer >= 0 or null")
+        self.splits = {"train": train.head(train_subset), "val": val.head(eval_subset), "test": test.head(eval_subset)}
         self.num_classes = int(num_classes)
         self.in_channels = int(train.x.shape[1])
         self.image_size = int(train.x.shape[-1])
+        if train.x.shape[-2] != self.image_size:
+            raise ValueError(f"images must be square, got {tuple(train.x.shape[-2:])}")
         if len(mean) != self.in_channels or len(std) != self.in_channels:
             raise ValueError(f"mean/std need {self.in_channels} values, got {list(mean)} / {list(std)}")
+        if any(float(s) <= 0 for s in std):
+            raise ValueError(f"std values must be positive, got {list(std)}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.augment = augment
+        self.augment = bool(augment)
+        self.crop_padding = max(1, self.image_size // 8) if crop_padding is None else crop_padding
+        self.num_workers = num_workers
+        self.pin_memory = bool(pin_memory)
         self._device_cache: dict[tuple[str, str], Split] = {}
 
     def size(self, split: str) -> int:
-        return len(self.splits[split])
+        return len(self.splits[_check_split(split)])
 
     def num_batches(self, split: str, batch_size: int) -> int:
         return -(-self.size(split) // batch_size)
@@ -70,9 +114,41 @@ class TensorDataModule:
         return self._device_cache[key]
 
     def normalise(self, x: Tensor) -> Tensor:
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        """Scale ``x`` (uint8 or float in [0, 1]) to float and normalise it with this data set's mean/std."""
+        return normalise(x, self.mean, self.std)
+
+    def epoch(
+        self, split: str, batch_size: int, seed: int | None = None, device: torch.device | str = "cpu"
+    ) -> EpochBatches:
+        """The batches of one pass over ``split`` as a map-style data set (item ``b`` is batch ``b``)."""
+        _check_split(split)
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
+        data = self._on(split, torch.device(device))
+        n = len(data)
+        crops = None
+        if seed is None:
+            order = torch.arange(n)
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            order = torch.randperm(n, generator=gen)
+            if self.augment and split == "train":
+                crops = random_crops(n, self.crop_padding, gen).to(data.x.device)
+        return EpochBatches(data, order.to(data.x.device), batch_size, crops, self.crop_padding, self.mean, self.std)
+
+    def loader(self, split: str, batch_size: int, seed: int | None = None) -> DataLoader:
+        """A DataLoader over ``split`` with this module's ``num_workers`` and ``pin_memory``.
+
+        It yields the same normalised CPU batches as :meth:`batches` for the same seed:
+        shuffled (and augmented, for train) when ``seed`` is given, in file order otherwise.
+        """
+        return DataLoader(
+            self.epoch(split, batch_size, seed),
+            batch_size=None,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+        )
 
     def batches(
         self,
@@ -82,38 +158,97 @@ class TensorDataModule:
         seed: int | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised batches of ``split``; shuffled (and augmented, for train) when ``seed`` is given."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         device = torch.device(device)
-        data = self._on(split, device)
-        n = len(data)
-        gen = None
-        if seed is not None:
-            gen = torch.Generator().manual_seed(seed)
-            order = torch.randperm(n, generator=gen).to(device)
-        else:
-            order = torch.arange(n, device=device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            x = data.x[idx]
-            if gen is not None and self.augment and split == "train":
-                x = self.augment_batch(x, gen)
-            yield self.normalise(x), data.y[idx]
+        if self.num_workers == 0:
+            yield from self.epoch(split, batch_size, seed, device)
+            return
+        non_blocking = self.pin_memory and device.type == "cuda"
+        for x, y in self.loader(split, batch_size, seed):
+            yield x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
 
-    def augment_batch(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        """Random crop with zero padding of 1/8 of the side, and horizontal flip, per sample."""
-        n, _, h, w = x.shape
-        pad = max(1, h // 8)
-        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-        rows = (dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h)).view(n, 1, h, 1)
-        cols = dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w)
-        cols = torch.where(flip.view(n, 1), cols.flip(1), cols).view(n, 1, 1, w)
-        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-        chans = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-        return padded[batch, chans, rows, cols]
+
+class EpochBatches(Dataset):
+    """Batch ``b`` of an epoch: gather, crop and flip (train only), scale, normalise.
+
+    Everything random was drawn when the epoch was planned, so a batch is a pure
+    function of its index; on a GPU, cutting a batch needs no host synchronisation.
+    """
+
+    def __init__(
+        self,
+        data: Split,
+        order: Tensor,
+        batch_size: int,
+        crops: Tensor | None,
+        crop_padding: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.data, self.order, self.batch_size = data, order, batch_size
+        self.crops, self.crop_padding = crops, crop_padding
+        self.mean, self.std = normalisation(mean, std, data.x.dtype, data.x.device)
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def __getitem__(self, b: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= b < len(self):
+            raise IndexError(b)
+        window = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        idx = self.order[window]
+        x = self.data.x[idx]
+        if self.crops is not None:
+            x = crop_flip(x, self.crops[window], self.crop_padding)
+        return (x.to(torch.float32) - self.mean) / self.std, self.data.y[idx]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return (self[b] for b in range(len(self)))
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split
+
+
+def normalisation(
+    mean: Sequence[float], std: Sequence[float], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(mean, std)`` as ``[1, C, 1, 1]`` float32 tensors in the units of ``dtype`` (x255 for uint8)."""
+    scale = 255.0 if dtype == torch.uint8 else 1.0
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * scale
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * scale
+    return m.to(device), s.to(device)
+
+
+def normalise(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``(x - mean) / std`` per channel in float32; uint8 input is first scaled by 1/255."""
+    m, s = normalisation(mean, std, x.dtype, x.device)
+    return (x.to(torch.float32) - m) / s
+
+
+def random_crops(n: int, pad: int, gen: torch.Generator) -> Tensor:
+    """``[n, 3]`` int64: per sample the crop offsets ``dy``, ``dx`` in ``[0, 2 * pad]`` and a flip bit."""
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
+    flips = (torch.rand(n, generator=gen) < 0.5).long().view(n, 1)
+    return torch.cat([offsets, flips], dim=1)
+
+
+def crop_flip(x: Tensor, crops: Tensor, pad: int) -> Tensor:
+    """Crop each sample of ``x`` zero-padded by ``pad`` at its offsets, mirrored where its flip bit is set.
+
+    With :func:`random_crops` this is the batched equivalent of torchvision's
+    ``RandomCrop(size, padding=pad)`` followed by ``RandomHorizontalFlip()``.
+    """
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy, dx, flip = crops[:, 0].view(n, 1), crops[:, 1].view(n, 1), crops[:, 2].view(n, 1).bool()
+    rows = (dy + torch.arange(h, device=x.device).view(1, h)).view(n, 1, h, 1)
+    cols = dx + torch.arange(w, device=x.device).view(1, w)
+    cols = torch.where(flip, cols.flip(1), cols).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, chans, rows, cols]
 
 
 def split_indices(n: int, val: int, test: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:

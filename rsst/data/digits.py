@@ -12,7 +12,14 @@ class Digits(TensorDataModule):
 
     name = "digits"
 
-    def __init__(self, val_size: int = 180, test_size: int = 180, augment: bool = False) -> None:
+    def __init__(
+        self,
+        val_size: int = 180,
+        test_size: int = 180,
+        augment: bool = False,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
@@ -21,4 +28,14 @@ class Digits(TensorDataModule):
         tr, va, te = split_indices(len(y), val_size, test_size)
         train = Split(x[tr], y[tr])
         mean, std = float(train.x.mean()), float(train.x.std())
-        super().__init__(train, Split(x[va], y[va]), Split(x[te], y[te]), 10, [mean], [std], augment)
+        super().__init__(
+            train,
+            Split(x[va], y[va]),
+            Split(x[te], y[te]),
+            10,
+            [mean],
+            [std],
+            augment,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )

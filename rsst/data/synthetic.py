@@ -21,6 +21,8 @@ class Synthetic(TensorDataModule):
         noise: float = 0.5,
         seed: int = 0,
         augment: bool = False,
+        num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         for key, value in {
             "num_classes": num_classes,
@@ -44,4 +46,6 @@ class Synthetic(TensorDataModule):
         train, val, test = make(train_size), make(val_size), make(test_size)
         mean = train.x.mean(dim=(0, 2, 3)).tolist()
         std = train.x.std(dim=(0, 2, 3)).tolist()
-        super().__init__(train, val, test, num_classes, mean, std, augment)
+        super().__init__(
+            train, val, test, num_classes, mean, std, augment, num_workers=num_workers, pin_memory=pin_memory
+        )
