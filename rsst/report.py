@@ -1,6 +1,6 @@
 """Aggregate runs and sweeps: a table of accuracy per remaining-weight level (mean, std over seeds) and a plot.
 
-    python -m rsst.report PATH [--out DIR] [--metric test_acc]
+    python -m rsst.report PATH [--out DIR] [--metric test_acc] [--x remain_weight|macs]
 
 PATH is a run folder or any folder above run folders (a sweep). Runs that differ
 only in ``seed`` form one group; a group is labelled by the config keys that vary
@@ -60,11 +60,17 @@ class Group:
     runs: list[Run] = field(default_factory=list)
     label: str = ""
 
-    def levels(self, metric: str) -> list[dict[str, Any]]:
-        """Per round: remaining weight (mean over seeds), n, mean and std of ``metric``."""
+    def levels(self, metric: str, x: str = "remain_weight") -> list[dict[str, Any]]:
+        """Per round: remaining weight (mean over seeds), n, mean and std of ``metric``.
+
+        With ``x="macs"`` only the rounds every seed recorded MACs for (channel-wise tickets)
+        are kept, and each level carries ``macs`` (mean over seeds).
+        """
         n_rounds = min(len(r.rounds) for r in self.runs)
         out = []
         for i in range(n_rounds):
+            if any(x not in r.rounds[i] for r in self.runs):
+                continue
             values = [float(r.rounds[i][metric]) for r in self.runs]
             remain = statistics.fmean(float(r.rounds[i]["remain_weight"]) for r in self.runs)
             out.append(
@@ -74,6 +80,7 @@ class Group:
                     "n": len(values),
                     "mean": statistics.fmean(values),
                     "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    **({} if x == "remain_weight" else {x: statistics.fmean(float(r.rounds[i][x]) for r in self.runs)}),
                 }
             )
         return out
@@ -160,8 +167,8 @@ def markdown_table(groups: Sequence[Group], metric: str) -> str:
     return "\n".join(lines)
 
 
-def plot(groups: Sequence[Group], metric: str, out: Path) -> None:
-    """Accuracy against remaining weight (log x), a line per group with a band of one std over seeds."""
+def plot(groups: Sequence[Group], metric: str, out: Path, x: str = "remain_weight") -> None:
+    """Accuracy against remaining weight or MACs (log x), a line per group with a band of one std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,13 +178,13 @@ def plot(groups: Sequence[Group], metric: str, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     dense = [float(r.rounds[0][metric]) for g in groups for r in g.runs if r.rounds[0]["remain_weight"] >= 99.999]
     for g in groups:
-        lv = g.levels(metric)
-        x = [v["remain_weight"] for v in lv]
+        lv = g.levels(metric, x)
+        xs = [v[x] for v in lv]
         y = [v["mean"] for v in lv]
         s = [v["std"] for v in lv]
-        (line,) = ax.plot(x, y, marker="o", ms=3, label=f"{g.label} (n={len(g.runs)})")
+        (line,) = ax.plot(xs, y, marker="o", ms=3, label=f"{g.label} (n={len(g.runs)})")
         ax.fill_between(
-            x,
+            xs,
             [a - b for a, b in zip(y, s, strict=True)],
             [a + b for a, b in zip(y, s, strict=True)],
             color=line.get_color(),
@@ -187,11 +194,12 @@ def plot(groups: Sequence[Group], metric: str, out: Path) -> None:
     if dense:
         ax.axhline(statistics.fmean(dense), color="k", ls="--", lw=1, label="dense baseline")
     ax.set_xscale("log")
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    if x == "remain_weight":
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
     ax.invert_xaxis()
-    ax.set_xlabel("remaining weights (%)")
+    ax.set_xlabel("remaining weights (%)" if x == "remain_weight" else "MACs per image (structured export)")
     ax.set_ylabel(metric.replace("_", " ") + " (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -201,11 +209,21 @@ def plot(groups: Sequence[Group], metric: str, out: Path) -> None:
     plt.close(fig)
 
 
-def report(path: str | Path, out: str | Path | None = None, metric: str = "test_acc") -> dict[str, Any]:
-    """Write ``report.csv``, ``report.md`` and ``report.png`` for the runs under ``path``; return the table."""
+def report(
+    path: str | Path, out: str | Path | None = None, metric: str = "test_acc", x: str = "remain_weight"
+) -> dict[str, Any]:
+    """Write ``report.csv``, ``report.md`` and ``report.png`` for the runs under ``path``; return the table.
+
+    ``x="macs"`` plots against the MACs of the structured export, which ``rounds.json`` holds for
+    channel-wise (Refill/RSST) rounds; groups without them are left out.
+    """
     path = Path(path)
     out_dir = Path(out) if out else path
     groups = group_runs(find_runs(path))
+    if x != "remain_weight":
+        groups = [g for g in groups if g.levels(metric, x)]
+        if not groups:
+            raise KeyError(f"no round under {path} records {x!r} (only channel-wise refill/rsst rounds do)")
     bad = [r.path for g in groups for r in g.runs if any(metric not in row for row in r.rounds)]
     if bad:
         raise KeyError(f"metric {metric!r} is missing from rounds.json of {bad[0]}")
@@ -217,7 +235,7 @@ def report(path: str | Path, out: str | Path | None = None, metric: str = "test_
     atomic_write_text(out_dir / "report.csv", buf.getvalue())
     md = markdown_table(groups, metric)
     atomic_write_text(out_dir / "report.md", md + "\n")
-    plot(groups, metric, out_dir / "report.png")
+    plot(groups, metric, out_dir / "report.png", x)
     return {"groups": groups, "rows": rows, "markdown": md, "out": out_dir}
 
 
@@ -230,9 +248,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="test_acc",
         help="a rounds.json column: test_acc (at the best-val epoch, default), final_test_acc, ...",
     )
+    parser.add_argument(
+        "--x",
+        default="remain_weight",
+        choices=("remain_weight", "macs"),
+        help="the plot's x axis: remaining weights (default) or MACs of the structured export",
+    )
     args = parser.parse_args(argv)
     try:
-        result = report(args.path, args.out, args.metric)
+        result = report(args.path, args.out, args.metric, args.x)
     except (FileNotFoundError, KeyError) as exc:
         sys.stderr.write(f"rsst.report: {exc}\n")
         return 2

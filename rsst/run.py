@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from rsst.checkpoint import clone_state, load_checkpoint, save_checkpoint
 from rsst.config import ConfigError, build, validate_config
+from rsst.export import is_channel_wise, structured_size
 from rsst.io import atomic_torch_save, atomic_write_text
 from rsst.models import prunable_weights, stem_module_name
 from rsst.optim import build_scheduler
@@ -322,6 +323,9 @@ class RoundLoop:
             "epochs": len(rows),
             "seconds": round(self.round_seconds, 3),
         }
+        if is_channel_wise(final):  # a Refill/RSST ticket: the size of its structured export
+            shape = (1, self.data.in_channels, self.data.image_size, self.data.image_size)
+            record.update(structured_size(self.model, final, shape))
         final.save(self.run_dir / "masks" / f"round_{r}.pt")
         atomic_torch_save(self.model.state_dict(), self.run_dir / "weights" / f"round_{r}.pt")
         self.round_rows.append(record)
