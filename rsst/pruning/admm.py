@@ -23,6 +23,7 @@ from torch import Tensor
 
 from rsst.pruning.init_methods import keep_top_k
 from rsst.pruning.masks import Masks
+from rsst.pruning.regularizer import gradients_of
 from rsst.pruning.strategies import PruneContext, RoundPlan, Strategy, target_keep
 
 
@@ -86,11 +87,7 @@ class ADMMPenalty:
             self.update()
 
     def __call__(self) -> None:
-        grads = []
-        for w in self.weights:
-            if w.grad is None:
-                w.grad = torch.zeros_like(w)
-            grads.append(w.grad)
+        grads = gradients_of(self.weights)
         with torch.no_grad():
             terms = torch._foreach_sub(self.weights, self.target)
             torch._foreach_mul_(terms, self.rho)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rsst.pruning.masks import Masks
+from rsst.pruning.masks import Masks, unflatten
 from rsst.pruning.strategies import PruneContext, RoundPlan, Strategy, target_keep
 
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]
@@ -47,12 +47,7 @@ def keep_top_k(scores: Mapping[str, Tensor], masks: Masks, keep: int) -> Masks:
         order = torch.sort(alive_scores, descending=True, stable=True).indices
         new_flat = torch.zeros_like(flat_masks)
         new_flat[alive[order[:keep]]] = 1.0
-    out, offset = Masks(), 0
-    for n in names:
-        size = masks[n].numel()
-        out[n] = new_flat[offset : offset + size].view_as(masks[n]).clone()
-        offset += size
-    return out
+    return unflatten(new_flat, masks)
 
 
 def model_at_rewind(ctx: PruneContext) -> nn.Module:

@@ -106,9 +106,13 @@ def global_magnitude_prune(weights: Mapping[str, Tensor], masks: Masks, rate: fl
         if k > 0:
             order = torch.sort(scores[alive_idx], stable=True).indices
             new_flat[alive_idx[order[:k]]] = 0.0
+    return unflatten(new_flat, masks)
+
+
+def unflatten(flat: Tensor, like: Mapping[str, Tensor]) -> Masks:
+    """Cut a flat 0/1 vector (layers concatenated in ``like``'s order) into fresh masks shaped like ``like``."""
     out, offset = Masks(), 0
-    for n in names:
-        size = masks[n].numel()
-        out[n] = new_flat[offset : offset + size].view_as(masks[n]).clone()
-        offset += size
+    for n, ref in like.items():
+        out[n] = flat[offset : offset + ref.numel()].view_as(ref).clone()
+        offset += ref.numel()
     return out

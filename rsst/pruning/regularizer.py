@@ -116,6 +116,14 @@ class ExpCustomExponentsSchedule(ExpCustomSchedule):
         return x.pow(self.exponents)
 
 
+def gradients_of(weights: Sequence[Tensor]) -> list[Tensor]:
+    """The ``.grad`` of each weight, created as zeros where backward left none (a penalty still applies)."""
+    for w in weights:
+        if w.grad is None:
+            w.grad = torch.zeros_like(w)
+    return [w.grad for w in weights]
+
+
 class RSSTPenalty:
     """``grad += lambda(t) * w`` on the penalised weights ``P_r`` (``grad = lambda(t) * w`` with ``block_loss_grad``).
 
@@ -159,11 +167,7 @@ class RSSTPenalty:
         self.lam.copy_(self.schedule(self.t, self.period_steps))
         if not self.weights:
             return
-        grads = []
-        for w in self.weights:
-            if w.grad is None:
-                w.grad = torch.zeros_like(w)
-            grads.append(w.grad)
+        grads = gradients_of(self.weights)
         with torch.no_grad():
             terms = torch._foreach_mul(self.weights, self.masks)
             torch._foreach_mul_(terms, self.lam)
