@@ -88,15 +88,33 @@ def job_ids(sweep_dir: Path) -> list[str]:
     return sorted(p.name for p in sub.iterdir() if p.is_dir() and p.name.isdigit()) if sub.exists() else []
 
 
-@pytest.mark.parametrize("interrupt", ["usr2", "requeue"])
-def test_a_preempted_job_resumes_to_the_same_rounds_json(slurm_env, tmp_path, interrupt):
-    args = ["struct=imp", "prune.rounds=3", "train.epochs=3", "seed=3"]
-    straight = tmp_path / "straight"
-    sweep(slurm_env, straight, *args)
-    reference = read_rounds(run_dirs(straight)[0])
+def start_requeued_job_now(job: str, env: dict, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Slurm holds a requeued job back for a couple of minutes (reason BeginTime); release it at once."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], env=env, capture_output=True, text=True)
+        if state.stdout.split()[:2] == ["PENDING", "BeginTime"]:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} was not requeued within {timeout}s")
 
+
+PREEMPT_ARGS = ["struct=imp", "prune.rounds=3", "train.epochs=3", "seed=3"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm_env, tmp_path_factory):
+    """rounds.json of the job below when nothing interrupts it (one Slurm job, shared by the cases)."""
+    straight = tmp_path_factory.mktemp("straight")
+    sweep(slurm_env, straight, *PREEMPT_ARGS)
+    return read_rounds(run_dirs(straight)[0])
+
+
+@pytest.mark.parametrize("interrupt", ["usr2", "requeue"])
+def test_a_preempted_job_resumes_to_the_same_rounds_json(slurm_env, uninterrupted, tmp_path, interrupt):
     hit = tmp_path / "hit"
-    proc = sweep(slurm_env, hit, *args, wait=False)
+    proc = sweep(slurm_env, hit, *PREEMPT_ARGS, wait=False)
     deadline = time.time() + 300
     while epochs_done(hit) < 4 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -106,11 +124,14 @@ def test_a_preempted_job_resumes_to_the_same_rounds_json(slurm_env, tmp_path, in
         subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env, check=True)
     else:  # an administrator's or a preemption's requeue: the job is killed and started again
         subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
+    start_requeued_job_now(job, slurm_env, proc)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     run_dir = run_dirs(hit)[0]
     log = (run_dir / "run.log").read_text()
     assert "resuming" in log, log[-2000:]
+    if interrupt == "usr2":  # the signal waited for the epoch to finish and be saved
+        assert "received SIGUSR2" in log and "checkpoint saved; handing SIGUSR2 to the launcher" in log
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(read_rounds(run_dir)) == strip(reference)
+    assert strip(read_rounds(run_dir)) == strip(uninterrupted)
     assert epochs_done(hit) == 9
