@@ -50,6 +50,10 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscr
 CONF
 }
 
+running() {  # a live (not zombie) process of that name
+    ps -C "$1" -o stat= 2>/dev/null | grep -qv '^Z'
+}
+
 start() {
     install
     write_conf
@@ -60,8 +64,8 @@ start() {
         runuser -u munge -- munged --force
     fi
     export SLURM_CONF="$conf"
-    pgrep -x slurmctld >/dev/null || slurmctld -c -f "$conf"
-    pgrep -x slurmd >/dev/null || slurmd -f "$conf"
+    running slurmctld || slurmctld -c -f "$conf"
+    running slurmd || slurmd -f "$conf"
     for _ in $(seq 60); do
         if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
             echo "slurm is up: export SLURM_CONF=$conf"
