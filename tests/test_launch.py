@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
-from helpers import FAST, launch, only_run_dir, read_rounds
+from helpers import FAST, ROOT, launch, only_run_dir, read_rounds
 
 from rsst.pruning.masks import Masks
 
@@ -55,3 +57,20 @@ def test_a_local_sweep_gives_each_job_its_own_run_folder(tmp_path):
         and runs[0].startswith("imp_digits_resnet20_s0_")
         and runs[1].startswith("imp_digits_resnet20_s1_")
     )
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path):
+    """The default sweep folder is multirun_outputs/<time>_<random token>, relative to where you launch."""
+    cmd = [sys.executable, str(ROOT / "launch.py"), "-m", *FAST, "struct=imp", "prune.rounds=1", "train.epochs=1"]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    sweeps = sorted((tmp_path / "multirun_outputs").iterdir())
+    assert len(sweeps) == 2, sweeps
+    for sweep in sweeps:
+        assert [p.name for p in sweep.iterdir() if (p / "rounds.json").exists()], f"no finished run in {sweep}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 from pathlib import Path
 
@@ -12,7 +13,6 @@ from helpers import CONF, FAST, compose_config, launch, read_rounds
 from hydra.errors import HydraException
 from torch import nn
 
-import rsst.run
 from rsst.config import ConfigError
 from rsst.pruning.criteria import Remain
 from rsst.pruning.masks import Masks, global_magnitude_prune
@@ -20,6 +20,9 @@ from rsst.pruning.refill import refill
 from rsst.pruning.regularizer import ExpCustomExponentsSchedule
 from rsst.pruning.strategies import RSST, PruneContext
 from rsst.run import RoundLoop, epoch_seed, run
+
+# `rsst.run` the attribute is the run function; the module holding the loop is this one.
+run_module = importlib.import_module("rsst.run")
 
 DIGITS_TRAIN = 1797 - 180 - 180  # the embedded data set's training split
 
@@ -106,7 +109,7 @@ class TrainSpy:
         return TRAIN_EPOCH(model, batches, optimizer, scheduler, weights, masks, grad_hook, progress)
 
 
-TRAIN_EPOCH = rsst.run.train_epoch
+TRAIN_EPOCH = run_module.train_epoch
 
 
 class PenaltySpy:
@@ -140,7 +143,7 @@ def rsst_round(round0, tmp_path_factory) -> dict:
     spy, penalty = TrainSpy(), PenaltySpy(loop.penalty, loop.weights)
     loop.penalty = penalty
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rsst.run, "train_epoch", spy)
+        mp.setattr(run_module, "train_epoch", spy)
         for _ in range(loop.cfg.train.epochs):
             loop.run_epoch()
     weights_end = {n: w.detach().clone() for n, w in loop.weights.items()}
@@ -223,7 +226,7 @@ def test_a_refill_round_trains_and_ends_with_exactly_r(round0, tmp_path):
     assert loop.penalty is None
     spy = TrainSpy()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rsst.run, "train_epoch", spy)
+        mp.setattr(run_module, "train_epoch", spy)
         loop.run_epoch()
     masks, hook = spy.calls[0]
     assert all(torch.equal(t, r[n]) for t, n in zip(masks, loop.names, strict=True)) and hook is None
@@ -238,7 +241,7 @@ def test_an_imp_round_trains_and_ends_with_exactly_m(round0, tmp_path):
     assert loop.plan.train.equal(m) and loop.plan.final.equal(m) and loop.penalty is None
     spy = TrainSpy()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rsst.run, "train_epoch", spy)
+        mp.setattr(run_module, "train_epoch", spy)
         loop.run_epoch()
     assert all(torch.equal(t, m[n]) for t, n in zip(spy.calls[0][0], loop.names, strict=True))
     loop.end_round()
