@@ -7,4 +7,7 @@ if command -v slurmctld >/dev/null && [ "$(id -u)" = 0 ]; then  # the Slurm test
     bash scripts/slurm_local.sh start
     trap 'bash scripts/slurm_local.sh stop' EXIT
 fi
-.venv/bin/python -m pytest -q "$@"
+# Two workers, one torch thread each: the suite is half subprocess start-ups and Slurm waits, and
+# two torch processes with two threads each on two cores slow each other down many times over.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+.venv/bin/python -m pytest -q -n 2 --dist loadgroup "$@"

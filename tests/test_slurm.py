@@ -20,6 +20,7 @@ from rsst.report import report
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("slurm"),  # one worker drives the one-node cluster
     pytest.mark.skipif(
         not all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged")),
         reason="Slurm binaries are absent (bash scripts/slurm_local.sh install provides them)",
