@@ -44,7 +44,7 @@ SlurmdLogFile=$state/log/slurmd.log
 SlurmctldPort=6817
 SlurmdPort=6818
 MinJobAge=600
-KillWait=5
+KillWait=2
 NodeName=$host CPUs=$cpus RealMemory=8000 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
