@@ -24,23 +24,16 @@ from typing import Any
 import yaml
 
 from rsst.io import atomic_write_text
+from rsst.rundir import EXCLUDED_KEYS
 
 log = logging.getLogger(__name__)
 
-# Keys that never distinguish groups (where files go, how progress is shown, the seed itself).
-IGNORED = (
-    "seed",
-    "paths.",
-    "logger.",
-    "progress",
-    "device",
-    "dataset.root",
-    "dataset.download",
-    "dataset.num_workers",
-    "dataset.pin_memory",
-    "criteria.",
-    "schedule.",
-)
+# Keys that never distinguish groups: the seed, and what the run folder's hash leaves out.
+IGNORED = ("seed", *EXCLUDED_KEYS)
+
+
+def ignored(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in IGNORED)
 
 
 @dataclass
@@ -124,9 +117,7 @@ def short(value: str) -> str:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    flat = [
-        {k: v for k, v in flatten(r.config).items() if not k.startswith(IGNORED) and k not in IGNORED} for r in runs
-    ]
+    flat = [{k: v for k, v in flatten(r.config).items() if not ignored(k)} for r in runs]
     groups: dict[tuple, Group] = {}
     for run, f in zip(runs, flat, strict=True):
         key = tuple(sorted(f.items()))
