@@ -10,6 +10,7 @@ state=${RSST_SLURM_DIR:-/tmp/rsst-slurm}
 conf="$state/slurm.conf"
 host=$(hostname -s)
 cpus=$(nproc)
+mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
 
 install() {
     if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
@@ -22,9 +23,10 @@ install() {
 
 write_conf() {
     mkdir -p "$state"/{spool,ctld,log}
+    # Daemons are addressed by 127.0.0.1, never by name: a fresh machine's hostname need not resolve.
     cat > "$conf" <<CONF
 ClusterName=rsst-local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -45,7 +47,7 @@ SlurmctldPort=6817
 SlurmdPort=6818
 MinJobAge=600
 KillWait=2
-NodeName=$host CPUs=$cpus RealMemory=8000 State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 NodeHostname=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
 }
@@ -66,20 +68,33 @@ start() {
     export SLURM_CONF="$conf"
     running slurmctld || slurmctld -c -f "$conf"
     running slurmd || slurmd -f "$conf"
-    for _ in $(seq 60); do
-        if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+    local deadline=$((SECONDS + 90))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if timeout 10 sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
             echo "slurm is up: export SLURM_CONF=$conf"
             return 0
         fi
         sleep 1
     done
-    echo "slurm did not come up; logs in $state/log" >&2
+    {
+        echo "slurm did not come up within 90 s; logs in $state/log"
+        timeout 10 sinfo -N -l 2>&1 || true
+        for log in "$state"/log/slurmctld.log "$state"/log/slurmd.log; do
+            echo "--- last lines of $log"; tail -n 15 "$log" 2>/dev/null || true
+        done
+    } >&2
     return 1
 }
 
-stop() {
+stop() {  # TERM, then KILL whatever is still there after 10 s (a daemon stuck in a lookup ignores TERM)
     pkill -x slurmd 2>/dev/null || true
     pkill -x slurmctld 2>/dev/null || true
+    for _ in $(seq 10); do
+        running slurmd || running slurmctld || return 0
+        sleep 1
+    done
+    pkill -KILL -x slurmd 2>/dev/null || true
+    pkill -KILL -x slurmctld 2>/dev/null || true
 }
 
 case "${1:-}" in
