@@ -1,9 +1,12 @@
-"""The learning-rate schedule of the original tool: linear warmup per step, then multistep decay per epoch."""
+"""The optimiser's multi-tensor kernels, and the original tool's learning-rate schedule:
+linear warmup per step, then multistep decay per epoch."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -28,3 +31,18 @@ def build_scheduler(
 ) -> LambdaLR:
     """A scheduler stepped once per optimiser step."""
     return LambdaLR(optimizer, WarmupMultiStep(steps_per_epoch, warmup_epochs, milestones, gamma))
+
+
+def build_optimizer(factory: Callable[..., Optimizer], params: Iterable[Any], device: torch.device) -> Optimizer:
+    """``factory(params)`` with multi-tensor kernels unless the config chose them.
+
+    When the optimizer config sets neither ``fused`` nor ``foreach``: the fused
+    kernel on CUDA (one launch per step for all parameters), ``foreach`` elsewhere.
+    """
+    chosen = getattr(factory, "keywords", {}) or {}
+    if chosen.get("fused") is not None or chosen.get("foreach") is not None:
+        return factory(params)
+    try:
+        return factory(params, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    except (TypeError, RuntimeError):  # an optimiser without these options, or without a fused kernel here
+        return factory(params)

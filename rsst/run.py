@@ -23,14 +23,14 @@ from rsst.config import ConfigError, build, validate_config
 from rsst.export import is_channel_wise, structured_size
 from rsst.io import atomic_torch_save, atomic_write_text
 from rsst.models import prunable_weights, stem_module_name
-from rsst.optim import build_scheduler
+from rsst.optim import build_optimizer, build_scheduler
 from rsst.preemption import GracefulStop, graceful_stop
 from rsst.pruning.masks import Masks, apply_masks_
 from rsst.pruning.regularizer import penalised_norm
 from rsst.pruning.strategies import Penalty, PruneContext, RoundPlan, Strategy, imp_equivalent_density
 from rsst.rundir import config_hash, hashed_config, run_directory
 from rsst.tracking import format_table
-from rsst.training import evaluate, resolve_device, train_epoch
+from rsst.training import Execution, compile_model, evaluate, resolve_device, train_epoch
 
 log = logging.getLogger("rsst")
 
@@ -102,9 +102,13 @@ class RoundLoop:
         self.strategy: Strategy = build(cfg.struct, "struct")
         self.data = build(cfg.dataset, "dataset")
         factory = build(cfg.arch, "arch")
-        self.model: nn.Module = factory(
-            num_classes=self.data.num_classes, in_channels=self.data.in_channels, image_size=self.data.image_size
-        ).to(self.device)
+        self.execution = Execution.from_config(cfg.train.amp, cfg.train.channels_last, self.device)
+        self.model: nn.Module = self.execution.prepare(
+            factory(
+                num_classes=self.data.num_classes, in_channels=self.data.in_channels, image_size=self.data.image_size
+            ).to(self.device)
+        )
+        self.forward = compile_model(self.model, cfg.train.compile)  # compiled once; shares self.model's tensors
         self.tracker = build(cfg.logger, "logger")
         self.weights = prunable_weights(self.model, cfg.prune.include_stem, cfg.prune.include_fc)
         self.names = list(self.weights)
@@ -194,7 +198,7 @@ class RoundLoop:
 
     def new_optimizer(self) -> None:
         sched = self.cfg.lr_schedule
-        self.optimizer = build(self.cfg.optimizer, "optimizer")(self.model.parameters())
+        self.optimizer = build_optimizer(build(self.cfg.optimizer, "optimizer"), self.model.parameters(), self.device)
         steps = self.data.num_batches("train", self.cfg.train.batch_size)
         self.scheduler = build_scheduler(
             self.optimizer, steps, sched.warmup_epochs, list(sched.milestones), sched.gamma
@@ -266,7 +270,7 @@ class RoundLoop:
             dynamic_ncols=True,
         ) as bar:
             stats = train_epoch(
-                self.model,
+                self.forward,
                 self.train_batches(epoch_seed(cfg.seed, r, e)),
                 self.optimizer,
                 self.scheduler,
@@ -274,6 +278,7 @@ class RoundLoop:
                 [self.plan.train[n] for n in self.names],
                 grad_hook=self.penalty,
                 progress=bar,
+                execution=self.execution,
             )
         row = {
             "round": r,
@@ -293,7 +298,8 @@ class RoundLoop:
             self.theta_rewind = clone_state(self.model)
 
     def evaluate(self, split: str) -> float:
-        return evaluate(self.model, self.data.batches(split, self.cfg.train.eval_batch_size, self.device))
+        batches = self.data.batches(split, self.cfg.train.eval_batch_size, self.device)
+        return evaluate(self.forward, batches, self.execution)
 
     def end_round(self) -> dict[str, Any]:
         """Switch to the round's final mask, record the round, and save its ticket."""

@@ -9,7 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-# Keys that say where or how to report, not what is computed: they do not change the hash.
+# Keys that say where or how to report or how fast to compute, not what is computed: they do not
+# change the hash (train.amp does: the precision is part of the experiment).
 # `criteria` and `schedule` enter the computation only through interpolations inside `struct`,
 # so a method that uses them hashes them there and a method that does not (imp) ignores them.
 EXCLUDED_KEYS = (
@@ -21,8 +22,12 @@ EXCLUDED_KEYS = (
     "device",
     "dataset.root",
     "dataset.download",
+    "dataset.loader",
     "dataset.num_workers",
     "dataset.pin_memory",
+    "train.eval_batch_size",
+    "train.channels_last",
+    "train.compile",
 )
 
 

@@ -1,8 +1,14 @@
-"""One epoch of training and one pass of evaluation, with masks applied in place after every step."""
+"""One epoch of training and one pass of evaluation, with masks applied in place after every step.
+
+The hot loop's knobs (``train.amp``, ``train.channels_last``, ``train.compile``) are
+resolved here into a :class:`Execution`: how a batch is laid out, cast and run.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -30,6 +36,69 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+def resolve_amp(name: str | bool, device: torch.device) -> torch.dtype | None:
+    """``train.amp``: ``auto`` is bf16 on a CUDA device that supports it and off elsewhere."""
+    name = "off" if name is False else name  # YAML reads a bare `off` as false
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    if name not in AMP_MODES:
+        raise ValueError(f"train.amp={name!r} is invalid: expected one of auto, {', '.join(AMP_MODES)}")
+    return AMP_MODES[name]
+
+
+def resolve_channels_last(value: bool | str, device: torch.device) -> bool:
+    """``train.channels_last``: ``auto`` is on for CUDA (tensor-core convolutions), off on the CPU."""
+    if value == "auto":
+        return device.type == "cuda"
+    if not isinstance(value, bool):
+        raise ValueError(f"train.channels_last={value!r} is invalid: expected auto, true or false")
+    return value
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How batches run: autocast dtype (None: fp32), channels_last layout, and a loss scaler for fp16."""
+
+    amp: torch.dtype | None = None
+    channels_last: bool = False
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def from_config(cls, amp: str, channels_last: bool | str, device: torch.device) -> Execution:
+        dtype = resolve_amp(amp, device)
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        return cls(dtype, resolve_channels_last(channels_last, device), scaler)
+
+    def autocast(self, device: torch.device) -> AbstractContextManager:
+        return torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    def layout(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Put ``model``'s parameters in this execution's memory format (in place; the same tensors' values)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+def compile_model(model: nn.Module, mode: str | bool) -> nn.Module:
+    """``train.compile``: the model compiled once (``off`` returns it as is).
+
+    The compiled module shares ``model``'s parameters and buffers, which the loop
+    only ever updates in place (rewinding copies into them, masks multiply them),
+    so one compilation serves every round of a run.
+    """
+    mode = "off" if mode is False else mode  # YAML reads a bare `off` as false
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"train.compile={mode!r} is invalid: expected one of {', '.join(COMPILE_MODES)}")
+    if mode == "off":
+        return model
+    return torch.compile(model, mode=mode)
+
+
 def train_epoch(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
@@ -39,24 +108,37 @@ def train_epoch(
     masks: Sequence[Tensor],
     grad_hook: GradientHook | None = None,
     progress=None,
+    execution: Execution | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``batches``; after every step the pruned weights are exactly zero.
 
+    The gradient hook sees unscaled gradients (with fp16 the scaler unscales first).
     Loss and accuracy are accumulated on the device and read once at the end.
     """
+    run = execution or Execution()
+    scaler = run.scaler
     model.train()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     for x, y in batches:
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with run.autocast(device):
+            logits = model(run.layout(x))
+            loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
         if grad_hook is not None:
             grad_hook()
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
         scheduler.step()
         apply_masks_(weights, masks)
         loss_sum += loss.detach() * y.shape[0]
@@ -68,13 +150,16 @@ def train_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> float:
-    """Top-1 accuracy in percent."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], execution: Execution | None = None) -> float:
+    """Top-1 accuracy in percent (under ``inference_mode``, in the execution's precision and layout)."""
+    run = execution or Execution()
     model.eval()
     device = next(model.parameters()).device
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     for x, y in batches:
-        correct += (model(x).argmax(1) == y).sum()
+        with run.autocast(device):
+            logits = model(run.layout(x))
+        correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]
     return 100.0 * float(correct) / max(seen, 1)

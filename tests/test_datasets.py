@@ -124,7 +124,7 @@ def test_an_epoch_is_a_pure_function_of_its_seed(tmp_path):
 def test_dataloader_workers_yield_the_same_batches_as_the_device_path(tmp_path):
     write_cifar(tmp_path)
     inline = Cifar10(root=str(tmp_path), **SMALL_CIFAR)
-    workers = Cifar10(root=str(tmp_path), num_workers=2, pin_memory=True, **SMALL_CIFAR)
+    workers = Cifar10(root=str(tmp_path), loader="dataloader", num_workers=2, pin_memory=True, **SMALL_CIFAR)
     loader = workers.loader("train", 16, seed=3)
     assert loader.num_workers == 2 and loader.pin_memory == torch.cuda.is_available()
     assert len(loader) == inline.num_batches("train", 16) == 5
@@ -386,7 +386,7 @@ def test_the_embedded_data_sets_still_build_and_batch_alike_with_workers():
     digits = build(compose_config().dataset, "dataset")
     assert isinstance(digits, Digits) and [digits.size(s) for s in ("train", "val", "test")] == [1437, 180, 180]
     assert (digits.in_channels, digits.image_size) == (1, 8) and digits.splits["train"].x.dtype == torch.float32
-    workers = Digits(augment=True, num_workers=2)
+    workers = Digits(augment=True, loader="dataloader", num_workers=2)
     inline = Digits(augment=True)
     a, b = gather(inline.batches("train", 256, seed=1)), gather(workers.batches("train", 256, seed=1))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -104,9 +104,9 @@ class TrainSpy:
     def __init__(self) -> None:
         self.calls: list[tuple[list[torch.Tensor], object]] = []
 
-    def __call__(self, model, batches, optimizer, scheduler, weights, masks, grad_hook=None, progress=None):
+    def __call__(self, model, batches, optimizer, scheduler, weights, masks, grad_hook=None, **kw):
         self.calls.append(([m.clone() for m in masks], grad_hook))
-        return TRAIN_EPOCH(model, batches, optimizer, scheduler, weights, masks, grad_hook, progress)
+        return TRAIN_EPOCH(model, batches, optimizer, scheduler, weights, masks, grad_hook, **kw)
 
 
 TRAIN_EPOCH = run_module.train_epoch

@@ -20,6 +20,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 SPLITS = ("train", "val", "test")
+LOADERS = ("auto", "device", "dataloader")
+DEVICE_MEMORY_SHARE = 0.5  # loader=auto keeps the data on a GPU when it needs at most this share of free memory
 
 
 @dataclass
@@ -53,11 +55,14 @@ def check_subsets(train_subset: int | None, eval_subset: int | None) -> None:
 class TensorDataModule:
     """Base class for data sets small enough to hold in memory as tensors.
 
-    ``num_workers=0`` keeps each split on the training device (moved once) and cuts
-    batches there, augmentation included; ``num_workers>0`` keeps the data on the CPU
-    and cuts batches in DataLoader worker processes, pinned when ``pin_memory``. Both
-    yield the same batches for the same seed. ``train_subset`` / ``eval_subset`` keep
-    only the first N images of train / of val and test, for quick looks.
+    ``loader`` chooses where batches are cut. ``device`` keeps each split on the
+    training device (moved once, as uint8 for real images) and cuts, augments and
+    normalises batches there; ``dataloader`` keeps the data on the CPU and cuts
+    batches in a DataLoader with ``num_workers`` worker processes (0: the main
+    process), pinned when ``pin_memory``; ``auto`` picks ``device`` unless the data
+    would take more than half of a GPU's free memory. Both yield the same batches
+    for the same seed. ``train_subset`` / ``eval_subset`` keep only the first N
+    images of train / of val and test, for quick looks.
     """
 
     name = "tensor"
@@ -76,8 +81,11 @@ class TensorDataModule:
         pin_memory: bool = False,
         train_subset: int | None = None,
         eval_subset: int | None = None,
+        loader: str = "auto",
     ) -> None:
         check_subsets(train_subset, eval_subset)
+        if loader not in LOADERS:
+            raise ValueError(f"dataset.loader={loader!r}: expected one of {', '.join(LOADERS)}")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"dataset.num_workers={num_workers!r}: expected an integer >= 0")
         if crop_padding is not None and (not isinstance(crop_padding, int) or crop_padding < 0):
@@ -96,9 +104,32 @@ class TensorDataModule:
         self.std = tuple(float(s) for s in std)
         self.augment = bool(augment)
         self.crop_padding = max(1, self.image_size // 8) if crop_padding is None else crop_padding
+        self.loader_choice = loader
         self.num_workers = num_workers
         self.pin_memory = bool(pin_memory)
         self._device_cache: dict[tuple[str, str], Split] = {}
+        self._auto: dict[str, str] = {}
+
+    def nbytes(self) -> int:
+        """Bytes the three splits take (images and labels)."""
+        return sum(s.x.nbytes + s.y.nbytes for s in self.splits.values())
+
+    def resolve_loader(self, device: torch.device | str) -> str:
+        """``device`` or ``dataloader``: what ``loader`` means for training on ``device``.
+
+        ``auto`` keeps the data on the device unless it is a GPU whose free memory is
+        less than twice the data's size (the model, activations and optimizer need
+        the rest); on the CPU the data is in host memory either way.
+        """
+        if self.loader_choice != "auto":
+            return self.loader_choice
+        device = torch.device(device)
+        if device.type != "cuda":
+            return "device"
+        if str(device) not in self._auto:  # decided once per device, so a run never switches paths
+            free, _ = torch.cuda.mem_get_info(device)
+            self._auto[str(device)] = "device" if self.nbytes() <= DEVICE_MEMORY_SHARE * free else "dataloader"
+        return self._auto[str(device)]
 
     def size(self, split: str) -> int:
         return len(self.splits[_check_split(split)])
@@ -159,7 +190,7 @@ class TensorDataModule:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised batches of ``split``; shuffled (and augmented, for train) when ``seed`` is given."""
         device = torch.device(device)
-        if self.num_workers == 0:
+        if self.resolve_loader(device) == "device":
             yield from self.epoch(split, batch_size, seed, device)
             return
         non_blocking = self.pin_memory and device.type == "cuda"

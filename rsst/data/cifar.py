@@ -73,6 +73,7 @@ class Cifar10(TensorDataModule):
         eval_subset: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        loader: str = "auto",
     ) -> None:
         check_sizes(train_size=train_size, val_size=val_size, test_size=test_size)
         base = Path(root).expanduser()
@@ -104,6 +105,7 @@ class Cifar10(TensorDataModule):
             crop_padding=crop_padding,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            loader=loader,
             train_subset=train_subset,
             eval_subset=eval_subset,
         )

@@ -19,6 +19,7 @@ class Digits(TensorDataModule):
         augment: bool = False,
         num_workers: int = 0,
         pin_memory: bool = False,
+        loader: str = "auto",
     ) -> None:
         from sklearn.datasets import load_digits
 
@@ -38,4 +39,5 @@ class Digits(TensorDataModule):
             augment,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            loader=loader,
         )

@@ -23,6 +23,7 @@ class Synthetic(TensorDataModule):
         augment: bool = False,
         num_workers: int = 0,
         pin_memory: bool = False,
+        loader: str = "auto",
     ) -> None:
         for key, value in {
             "num_classes": num_classes,
@@ -47,5 +48,14 @@ class Synthetic(TensorDataModule):
         mean = train.x.mean(dim=(0, 2, 3)).tolist()
         std = train.x.std(dim=(0, 2, 3)).tolist()
         super().__init__(
-            train, val, test, num_classes, mean, std, augment, num_workers=num_workers, pin_memory=pin_memory
+            train,
+            val,
+            test,
+            num_classes,
+            mean,
+            std,
+            augment,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            loader=loader,
         )

@@ -139,6 +139,7 @@ class TinyImageNet(TensorDataModule):
         eval_subset: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        loader: str = "auto",
     ) -> None:
         check_sizes(num_classes=num_classes, train_size=train_size, val_size=val_size, test_size=test_size)
         check_subsets(train_subset, eval_subset)
@@ -179,6 +180,7 @@ class TinyImageNet(TensorDataModule):
             crop_padding=crop_padding,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            loader=loader,
             train_subset=train_subset,
             eval_subset=eval_subset,
         )
