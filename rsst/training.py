@@ -51,9 +51,10 @@ def resolve_amp(name: str | bool, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_channels_last(value: bool | str, device: torch.device) -> bool:
-    """``train.channels_last``: ``auto`` is on for CUDA (tensor-core convolutions), off on the CPU."""
+    """``train.channels_last``: ``auto`` is on for CUDA and the CPU, whose convolution kernels
+    (cuDNN's tensor-core ones, oneDNN's) are fastest in NHWC; off elsewhere (e.g. MPS)."""
     if value == "auto":
-        return device.type == "cuda"
+        return device.type in ("cuda", "cpu")
     if not isinstance(value, bool):
         raise ValueError(f"train.channels_last={value!r} is invalid: expected auto, true or false")
     return value

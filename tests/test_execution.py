@@ -37,9 +37,10 @@ def one_epoch(model, weights, masks, batches, execution=None, hook=None):
     return train_epoch(model, batches, opt, sched, w, m, grad_hook=hook, execution=execution)
 
 
-def test_auto_settings_are_fp32_and_contiguous_on_the_cpu():
+def test_auto_settings_are_fp32_and_channels_last_on_the_cpu():
     run = Execution.from_config("auto", "auto", CPU)
-    assert run.amp is None and run.channels_last is False and run.scaler is None
+    assert run.amp is None and run.channels_last is True and run.scaler is None
+    assert Execution.from_config("auto", "auto", torch.device("mps")).channels_last is False
     assert Execution.from_config("bf16", True, CPU).amp == torch.bfloat16
     fp16 = Execution.from_config("fp16", False, CPU)
     assert fp16.amp == torch.float16 and fp16.scaler is not None

@@ -90,11 +90,17 @@ def job_ids(sweep_dir: Path) -> list[str]:
 
 
 def start_requeued_job_now(job: str, env: dict, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Slurm holds a requeued job back for a couple of minutes (reason BeginTime); release it at once."""
+    """Slurm holds a requeued job back for a couple of minutes (reason BeginTime); release it early.
+
+    Not at once: slurmd revokes the old run's credential at the requeue, with one-second
+    resolution, and refuses ("Job credential revoked") a restart whose new credential was
+    issued within that same second. Two seconds later the restart is accepted.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], env=env, capture_output=True, text=True)
         if state.stdout.split()[:2] == ["PENDING", "BeginTime"]:
+            time.sleep(2)
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True)
             return
         time.sleep(0.2)
