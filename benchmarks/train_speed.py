@@ -5,7 +5,7 @@
     python benchmarks/train_speed.py --batch-size 512 --loops dense,imp --compile reduce-overhead
 
 Every loop trains the same architecture on the same random CIFAR-shaped uint8 data
-(``--images`` images, 10 classes) on the same device, with SGD and a per-step lr
+(``--images`` images, ``--classes`` classes) on the same device, with SGD and a per-step lr
 schedule, and is timed over ``--epochs`` epochs after ``--warmup`` untimed ones:
 
 * ``seed_imp`` / ``seed_rsst``: the loop this project replaces, written here for the
@@ -180,7 +180,7 @@ def bench_seed(loop: str, args: argparse.Namespace, device: torch.device, data: 
     from torch.nn.utils import prune
 
     torch.manual_seed(0)
-    model = ARCHS[args.arch](num_classes=10).to(device)
+    model = ARCHS[args.arch](num_classes=args.classes).to(device)
     train_mask, penalised = masks_for(loop.removeprefix("seed_"), model, device)
     modules = dict(model.named_modules())
     for name, mask in (train_mask or {}).items():
@@ -213,14 +213,14 @@ def bench_seed(loop: str, args: argparse.Namespace, device: torch.device, data: 
 def bench_project(loop: str, args: argparse.Namespace, device: torch.device, data: tuple[Tensor, Tensor]) -> float:
     torch.manual_seed(0)
     execution = Execution.from_config(args.amp, args.channels_last, device)
-    model = execution.prepare(ARCHS[args.arch](num_classes=10).to(device))
+    model = execution.prepare(ARCHS[args.arch](num_classes=args.classes).to(device))
     forward = compile_model(model, args.compile)
     x, y = data
     module = TensorDataModule(
         Split(x, y),
         Split(x[:1], y[:1]),
         Split(x[:1], y[:1]),
-        10,
+        args.classes,
         MEAN,
         STD,
         augment=True,
@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--arch", default="resnet20", choices=sorted(ARCHS))
     parser.add_argument("--images", type=int, default=10_000, help="training images per epoch")
+    parser.add_argument("--classes", type=int, default=10, help="10: CIFAR-10-shaped, 100: CIFAR-100-shaped")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loop")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs first (compilation, caches)")
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(loops) - set(SEED_LOOPS + PROJECT_LOOPS))
     if unknown:
         parser.error(f"--loops: unknown {unknown}; choose from {', '.join(SEED_LOOPS + PROJECT_LOOPS)}")
-    data = random_images(args.images, 10)
+    data = random_images(args.images, args.classes)
     execution = Execution.from_config(args.amp, args.channels_last, device)
     results: dict[str, dict] = {}
     for loop in loops:
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {
             "loop": loop,
             "arch": args.arch,
+            "classes": args.classes,
             "images_per_s": round(args.images / seconds, 1),
             "seconds_per_epoch": round(seconds, 4),
             "peak_memory_mib": peak_memory_mib(device),

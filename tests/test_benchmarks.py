@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.helpers import ROOT
+from helpers import ROOT
 
 FIELDS = {
     "loop",
     "arch",
+    "classes",
     "images_per_s",
     "seconds_per_epoch",
     "peak_memory_mib",

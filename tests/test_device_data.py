@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import compose_config
 
 from rsst.config import ConfigError, build
 from rsst.data.base import Split, TensorDataModule
-from tests.helpers import compose_config
 
 N, SIZE, PAD = 600, 8, 2
 
