@@ -15,6 +15,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rsst.training import AMP_CHOICES, COMPILE_MODES, off_if_false
+
 REWIND_MODES = ("init", "epoch", "pretrained")
 
 
@@ -54,14 +56,9 @@ CHECKS: list[Check] = [
     ("train.epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("train.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     ("train.eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    # a bare `off` in a YAML file reads as false: both spellings mean off
-    ("train.amp", lambda v: v is False or v in ("auto", "bf16", "fp16", "off"), "one of auto, bf16, fp16, off"),
+    ("train.amp", lambda v: off_if_false(v) in AMP_CHOICES, f"one of {', '.join(AMP_CHOICES)}"),
     ("train.channels_last", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
-    (
-        "train.compile",
-        lambda v: v is False or v in ("off", "default", "reduce-overhead", "max-autotune"),
-        "one of off, default, reduce-overhead, max-autotune",
-    ),
+    ("train.compile", lambda v: off_if_false(v) in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
     ("lr_schedule.warmup_epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     (
         "lr_schedule.milestones",

@@ -36,17 +36,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_MODES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+AMP_CHOICES = ("auto", *AMP_MODES)
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+def off_if_false(value: object) -> object:
+    """A bare ``off`` in a YAML file reads as ``false``: both spellings mean ``off``."""
+    return "off" if value is False else value
 
 
 def resolve_amp(name: str | bool, device: torch.device) -> torch.dtype | None:
     """``train.amp``: ``auto`` is bf16 on a CUDA device that supports it and off elsewhere."""
-    name = "off" if name is False else name  # YAML reads a bare `off` as false
+    name = off_if_false(name)
     if name == "auto":
         name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
     if name not in AMP_MODES:
-        raise ValueError(f"train.amp={name!r} is invalid: expected one of auto, {', '.join(AMP_MODES)}")
+        raise ValueError(f"train.amp={name!r} is invalid: expected one of {', '.join(AMP_CHOICES)}")
     return AMP_MODES[name]
 
 
@@ -92,7 +98,7 @@ def compile_model(model: nn.Module, mode: str | bool) -> nn.Module:
     only ever updates in place (rewinding copies into them, masks multiply them),
     so one compilation serves every round of a run.
     """
-    mode = "off" if mode is False else mode  # YAML reads a bare `off` as false
+    mode = off_if_false(mode)
     if mode not in COMPILE_MODES:
         raise ValueError(f"train.compile={mode!r} is invalid: expected one of {', '.join(COMPILE_MODES)}")
     if mode == "off":

@@ -7,7 +7,7 @@ import torch
 from helpers import compose_config
 
 from rsst.config import ConfigError, build
-from rsst.data.base import Split, TensorDataModule
+from rsst.data.base import Split, TensorDataModule, loader_for
 
 N, SIZE, PAD = 600, 8, 2
 
@@ -124,3 +124,13 @@ def test_every_dataset_yaml_offers_the_loader_choice():
         assert data.loader_choice == "auto" and data.resolve_loader("cpu") == "device"
     data = build(compose_config(["dataset.loader=dataloader"]).dataset, "dataset")
     assert data.resolve_loader("cpu") == "dataloader"
+
+
+def test_auto_keeps_the_data_on_a_gpu_only_when_it_needs_at_most_half_the_free_memory():
+    held = indexed_module().nbytes()
+    assert held == (N + 10 + 10) * (3 * SIZE * SIZE + 8)  # train, val, test: uint8 images, int64 labels
+    gib = 2**30
+    assert loader_for(int(0.15 * gib), 78 * gib) == "device"  # CIFAR-100 as uint8 on an H100
+    assert loader_for(2 * gib, 4 * gib) == "device"  # exactly half
+    assert loader_for(2 * gib + 1, 4 * gib) == "dataloader"
+    assert loader_for(1, 0) == "dataloader"

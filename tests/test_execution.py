@@ -115,9 +115,10 @@ def test_a_wrong_execution_setting_is_named_before_training(fast_cfg, override, 
         validate_config(fast_cfg(override))
 
 
-def test_compile_and_layout_do_not_change_the_run_folder_but_precision_does(fast_cfg):
+def test_compile_layout_and_loader_do_not_change_the_run_folder_but_precision_does(fast_cfg):
     base = config_hash(fast_cfg())
-    assert config_hash(fast_cfg("train.compile=default", "train.channels_last=true")) == base
+    same = ("train.compile=default", "train.channels_last=true", "dataset.loader=dataloader", "train.eval_batch_size=7")
+    assert config_hash(fast_cfg(*same)) == base
     assert config_hash(fast_cfg("train.amp=bf16")) != base
 
 

@@ -128,7 +128,7 @@ class TensorDataModule:
             return "device"
         if str(device) not in self._auto:  # decided once per device, so a run never switches paths
             free, _ = torch.cuda.mem_get_info(device)
-            self._auto[str(device)] = "device" if self.nbytes() <= DEVICE_MEMORY_SHARE * free else "dataloader"
+            self._auto[str(device)] = loader_for(self.nbytes(), free)
         return self._auto[str(device)]
 
     def size(self, split: str) -> int:
@@ -234,6 +234,11 @@ class EpochBatches(Dataset):
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return (self[b] for b in range(len(self)))
+
+
+def loader_for(data_bytes: int, free_bytes: int) -> str:
+    """``loader=auto`` on a GPU: ``device`` when the data needs at most half of its free memory."""
+    return "device" if data_bytes <= DEVICE_MEMORY_SHARE * free_bytes else "dataloader"
 
 
 def _check_split(split: str) -> str:
