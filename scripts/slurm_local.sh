@@ -56,15 +56,36 @@ running() {  # a live (not zombie) process of that name
     ps -C "$1" -o stat= 2>/dev/null | grep -qv '^Z'
 }
 
+munge_works() {  # a credential round-trip, not the socket file: a dead munged leaves its socket behind
+    timeout 10 munge -n 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1
+}
+
+start_munge() {
+    munge_works && return 0
+    pkill -x munged 2>/dev/null || true
+    rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
+    mkdir -p /run/munge /var/lib/munge /var/log/munge
+    chown munge:munge /run/munge /var/lib/munge /var/log/munge
+    if [ ! -s /etc/munge/munge.key ]; then
+        dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
+        chown munge:munge /etc/munge/munge.key
+        chmod 400 /etc/munge/munge.key
+    fi
+    runuser -u munge -- munged --force
+    local deadline=$((SECONDS + 20))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        munge_works && return 0
+        sleep 1
+    done
+    echo "munged did not start; last lines of /var/log/munge/munged.log:" >&2
+    tail -n 15 /var/log/munge/munged.log >&2 2>/dev/null || true
+    return 1
+}
+
 start() {
     install
     write_conf
-    if [ ! -S /run/munge/munge.socket.2 ]; then
-        mkdir -p /run/munge && chown munge:munge /run/munge
-        [ -f /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null;
-            chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
-        runuser -u munge -- munged --force
-    fi
+    start_munge
     export SLURM_CONF="$conf"
     running slurmctld || slurmctld -c -f "$conf"
     running slurmd || slurmd -f "$conf"
