@@ -156,6 +156,7 @@ class RoundLoop:
             "model": self.model.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": None if self.execution.scaler is None else self.execution.scaler.state_dict(),
             "theta_0": self.theta_0,
             "theta_rewind": self.theta_rewind,
             "epoch_rows": self.epoch_rows,
@@ -183,6 +184,8 @@ class RoundLoop:
             self.new_penalty()
             if state.get("penalty") is not None:
                 self.penalty.load_state_dict(state["penalty"])
+        if self.execution.scaler is not None and state.get("scaler"):  # fp16: resume at the scale reached
+            self.execution.scaler.load_state_dict(state["scaler"])
         self.ticket = None if state["ticket"] is None else Masks(state["ticket"]).to(self.device)
         self.theta_0, self.theta_rewind = state["theta_0"], state["theta_rewind"]
         self.epoch_rows, self.round_rows = state["epoch_rows"], state["round_rows"]

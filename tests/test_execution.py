@@ -7,6 +7,7 @@ import functools
 import pytest
 import torch
 
+from rsst.checkpoint import load_checkpoint
 from rsst.config import ConfigError, validate_config
 from rsst.models.cifar_resnet import resnet20
 from rsst.models.prunable import prunable_weights
@@ -220,3 +221,23 @@ def test_a_bare_off_read_as_false_by_yaml_means_off(fast_cfg):
     assert Execution.from_config(cfg.train.amp, False, CPU).amp is None
     model = torch.nn.Linear(2, 2)
     assert compile_model(model, cfg.train.compile) is model
+
+
+def test_a_resumed_fp16_run_keeps_its_loss_scaler_state(fast_cfg, tmp_path):
+    """The fp16 loss scaler is part of the checkpoint: a restart continues its count of clean steps
+    towards the next growth of the scale (and any scale reached) instead of starting over."""
+    cfg = fast_cfg("train.amp=fp16", f"paths.root={tmp_path}")
+    run_dir = run_directory(cfg)
+    run_dir.mkdir(parents=True)
+    loop = RoundLoop(cfg, run_dir)
+    loop.fresh_start()
+    loop.begin_round()
+    loop.run_epoch()
+    reached = loop.execution.scaler.state_dict()
+    steps = loop.data.num_batches("train", cfg.train.batch_size)
+    assert reached["_growth_tracker"] == steps > 0  # no overflow in this epoch: every step counted
+    loop.save()
+    again = RoundLoop(cfg, run_dir)
+    assert again.execution.scaler.state_dict()["_growth_tracker"] == 0
+    again.restore(load_checkpoint(run_dir / "checkpoint.pt", again.hash))
+    assert again.execution.scaler.state_dict() == reached
