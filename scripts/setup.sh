@@ -14,6 +14,15 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 
 # The torch/torchvision pair first: on x86_64 the tested pair, elsewhere whatever pyproject's ranges allow.
 if [ "$(uname -m)" = "x86_64" ] && ! .venv/bin/python -c 'import torch, torchvision' 2>/dev/null; then
+    # That pair is a CUDA build, about 5.6 GB unpacked: say so up front rather than let pip die
+    # half-way with "No space left on device".
+    need_gb=7
+    free_gb=$(( $(df -Pk .venv | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+    if [ "$free_gb" -lt "$need_gb" ]; then
+        echo "setup: torch==2.14.1 + torchvision==0.29.1 need about $need_gb GB free for .venv;" \
+             "$(df -Ph .venv | awk 'NR==2 {print $6}') has $free_gb GB. Free some space and rerun." >&2
+        exit 1
+    fi
     "${pip[@]}" torch==2.14.1 torchvision==0.29.1
 fi
 
