@@ -126,6 +126,16 @@ def test_every_dataset_yaml_offers_the_loader_choice():
     assert data.resolve_loader("cpu") == "dataloader"
 
 
+def test_auto_uses_the_dataloader_when_workers_are_asked_for():
+    assert indexed_module(loader="auto", num_workers=0).resolve_loader("cpu") == "device"
+    asked = indexed_module(loader="auto", num_workers=2)
+    assert asked.resolve_loader("cpu") == "dataloader"
+    assert asked.loader("train", 64, seed=0).num_workers == 2
+    assert indexed_module(loader="device", num_workers=2).resolve_loader("cpu") == "device"  # an explicit choice wins
+    data = build(compose_config(["dataset.num_workers=1"]).dataset, "dataset")
+    assert data.loader_choice == "auto" and data.resolve_loader("cpu") == "dataloader"
+
+
 def test_auto_keeps_the_data_on_a_gpu_only_when_it_needs_at_most_half_the_free_memory():
     held = indexed_module().nbytes()
     assert held == (N + 10 + 10) * (3 * SIZE * SIZE + 8)  # train, val, test: uint8 images, int64 labels

@@ -59,8 +59,9 @@ class TensorDataModule:
     training device (moved once, as uint8 for real images) and cuts, augments and
     normalises batches there; ``dataloader`` keeps the data on the CPU and cuts
     batches in a DataLoader with ``num_workers`` worker processes (0: the main
-    process), pinned when ``pin_memory``; ``auto`` picks ``device`` unless the data
-    would take more than half of a GPU's free memory. Both yield the same batches
+    process), pinned when ``pin_memory``; ``auto`` picks ``dataloader`` when
+    ``num_workers > 0`` asks for workers, else ``device`` unless the data would take
+    more than half of a GPU's free memory. Both yield the same batches
     for the same seed. ``train_subset`` / ``eval_subset`` keep only the first N
     images of train / of val and test, for quick looks.
     """
@@ -117,12 +118,15 @@ class TensorDataModule:
     def resolve_loader(self, device: torch.device | str) -> str:
         """``device`` or ``dataloader``: what ``loader`` means for training on ``device``.
 
-        ``auto`` keeps the data on the device unless it is a GPU whose free memory is
-        less than twice the data's size (the model, activations and optimizer need
-        the rest); on the CPU the data is in host memory either way.
+        ``auto`` is ``dataloader`` when ``num_workers > 0`` (workers were asked for, so
+        they are used); otherwise it keeps the data on the device unless that is a GPU
+        whose free memory is less than twice the data's size (the model, activations
+        and optimizer need the rest); on the CPU the data is in host memory either way.
         """
         if self.loader_choice != "auto":
             return self.loader_choice
+        if self.num_workers > 0:
+            return "dataloader"
         device = torch.device(device)
         if device.type != "cuda":
             return "device"
