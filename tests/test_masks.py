@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune
+from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune, magnitude_prune
 
 
 def toy_net(seed: int = 0) -> nn.Sequential:
@@ -85,3 +86,39 @@ def test_masks_round_trip_through_a_file(tmp_path):
     m = global_magnitude_prune({"x": torch.randn(5, 3)}, Masks.ones_like({"x": torch.zeros(5, 3)}), 0.4)
     m.save(tmp_path / "m.pt")
     assert Masks.load(tmp_path / "m.pt").equal(m)
+
+
+def conv_and_fc_weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Two convs (72 + 144 weights), a hidden fc (160) and an output layer (30), with layer scales far apart."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"a": (4, 2, 3, 3), "b": (4, 4, 3, 3), "fc": (10, 16), "out": (3, 10)}
+    scale = {"a": 1.0, "b": 0.01, "fc": 100.0, "out": 1e-4}  # a global ranking would empty b and out first
+    return {n: torch.randn(shape, generator=gen) * scale[n] for n, shape in shapes.items()}
+
+
+def test_magnitude_prune_prunes_each_rated_layer_at_its_own_rate_and_the_rest_globally():
+    weights = conv_and_fc_weights()
+    rates = {"fc": 0.2, "out": 0.1}
+    masks = Masks.ones_like(weights)
+    alive = {"convs": 216, "fc": 160, "out": 30}
+    for _ in range(3):
+        new = magnitude_prune(weights, masks, 0.1, rates)
+        conv_alive = int(new["a"].sum() + new["b"].sum())
+        assert alive["convs"] - conv_alive == round(0.1 * alive["convs"])  # the convs together lose 10%
+        for name, rate in rates.items():
+            assert alive[name] - int(new[name].sum()) == round(rate * alive[name])  # each fc layer its own rate
+            removed = (masks[name] - new[name]).bool()
+            kept = new[name].bool()
+            assert weights[name][removed].abs().max() <= weights[name][kept].abs().min()  # the layer's smallest
+        alive = {"convs": conv_alive, "fc": int(new["fc"].sum()), "out": int(new["out"].sum())}
+        masks = new
+    assert alive == {"convs": 157, "fc": 82, "out": 22}  # 216-194-175-157, 160-128-102-82, 30-27-24-22
+    global_only = magnitude_prune(weights, Masks.ones_like(weights), 0.1)
+    assert global_only.equal(global_magnitude_prune(weights, Masks.ones_like(weights), 0.1))
+    assert int(global_only["out"].sum()) == 0  # what the per-layer rate protects the output layer from
+
+
+def test_magnitude_prune_rejects_rates_for_layers_that_are_not_prunable():
+    weights = conv_and_fc_weights()
+    with pytest.raises(ValueError, match=r"layer rates for layers that are not prunable: \['head'\]"):
+        magnitude_prune(weights, Masks.ones_like(weights), 0.1, {"head": 0.2})

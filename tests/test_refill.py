@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from rsst.pruning.criteria import Magnitude, Remain
+from rsst.pruning.criteria import L1, Magnitude, Remain
 from rsst.pruning.masks import Masks, global_magnitude_prune
 from rsst.pruning.refill import channels_to_keep, refill, top_channels
-from rsst.pruning.strategies import PruneContext, Refill
+from rsst.pruning.regularizer import ExpCustomSchedule
+from rsst.pruning.strategies import RSST, PruneContext, Refill, magnitude_mask
 
 
 def expected_n(alive: int, numel: int, c_out: int, rate: float) -> int:
@@ -129,3 +130,63 @@ def test_refill_strategy_trains_and_ends_with_the_refill_of_the_magnitude_mask()
     assert plan.train.equal(expected) and plan.final.equal(expected) and plan.penalised is None
     assert plan.train["conv1.weight"].data_ptr() != plan.final["conv1.weight"].data_ptr()
     assert ticket.equal(Masks.ones_like(weights))
+
+
+class ConvFC(nn.Module):
+    """Two convs, a hidden fully connected layer and a 10-class classifier ``fc``."""
+
+    classifier_name = "fc"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.hidden = nn.Linear(8 * 4 * 4, 12)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(torch.relu(self.hidden(out.flatten(1))))
+
+
+@pytest.mark.parametrize("strategy", ["refill", "rsst"])
+@pytest.mark.parametrize("criterion", [Magnitude, L1])
+def test_with_include_fc_refill_keeps_linear_masks_unstructured_and_every_class(strategy, criterion):
+    """Refill acts on conv channels only: a classifier row is a class, and M_r's Linear masks pass through."""
+    torch.manual_seed(0)
+    model = ConvFC()
+    weights = {n: p.detach() for n, p in model.named_parameters() if n.endswith("weight")}  # include_fc=true
+    ticket = Masks.ones_like(weights)
+    gen = torch.Generator().manual_seed(1)
+    batch = (torch.randn(16, 1, 4, 4, generator=gen), torch.randint(10, (16,), generator=gen))
+    ctx = PruneContext(round=1, model=model, weights=weights, masks=ticket, rate=0.6, batches=lambda: iter([batch]))
+    made = Refill(criterion(), 0.0) if strategy == "refill" else RSST(criterion(), ExpCustomSchedule(1.0), 0.0)
+    plan = made.plan(ctx)
+    pruned = magnitude_mask(ctx)
+    for name in ("hidden.weight", "fc.weight"):
+        assert torch.equal(plan.final[name], pruned[name])  # R_r's Linear mask is M_r's
+        rows = plan.final[name].sum(1)
+        assert bool(((rows > 0) & (rows < plan.final[name].shape[1])).any())  # not row-wise: partial rows exist
+    assert int((plan.final["fc.weight"].sum(1) == 0).sum()) == 0  # every one of the 10 classes keeps weights
+    for name in ("conv1.weight", "conv2.weight"):
+        rows = plan.final[name].flatten(1).sum(1)
+        assert bool(((rows == 0) | (rows == plan.final[name][0].numel())).all())  # whole output channels
+        assert 0 < int((rows > 0).sum()) < plan.final[name].shape[0]
+    if strategy == "rsst":
+        assert plan.penalised is not None
+        assert plan.penalised["fc.weight"].sum() == 0 and plan.penalised["hidden.weight"].sum() == 0
+        assert plan.train["fc.weight"].equal(pruned["fc.weight"])
+    # what refill would do to the classifier if it treated it as channels: 93 of 120 alive keeps 7 rows, 3 classes gone
+    assert int(pruned["fc.weight"].sum()) == 93
+    row_wise = refill({"fc.weight": pruned["fc.weight"]}, {"fc.weight": torch.arange(10.0)}, 0.0)
+    assert int((row_wise["fc.weight"].sum(1) == 0).sum()) == 3
+
+
+def test_refill_copies_unstructured_layers_without_aliasing_and_needs_no_score_for_them():
+    masks = Masks({"conv": random_mask((4, 2, 3, 3), 0.5, 0), "fc": random_mask((5, 6), 0.5, 1)})
+    out = refill(masks, {"conv": torch.arange(4.0)}, 0.0, unstructured=["fc"])
+    assert torch.equal(out["fc"], masks["fc"]) and out["fc"].data_ptr() != masks["fc"].data_ptr()
+    rows = out["conv"].flatten(1).sum(1)
+    assert bool(((rows == 0) | (rows == 18)).all())
+    with pytest.raises(ValueError, match=r"unstructured layers that are not in the masks: \['head'\]"):
+        refill(masks, {"conv": torch.arange(4.0)}, 0.0, unstructured=["fc", "head"])

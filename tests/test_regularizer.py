@@ -6,7 +6,10 @@ import math
 
 import pytest
 import torch
+from helpers import CONF, compose_config
 
+from rsst.config import build
+from rsst.pruning.masks import Masks
 from rsst.pruning.regularizer import (
     ExpCustomExponentsSchedule,
     ExpCustomSchedule,
@@ -14,6 +17,7 @@ from rsst.pruning.regularizer import (
     SteppedSchedule,
     penalised_norm,
 )
+from rsst.pruning.strategies import RoundPlan
 
 E1 = math.e - 1
 
@@ -42,18 +46,20 @@ def test_exp_custom_exponents_matches_its_formula_at_0_half_and_end(n):
         assert lam(s, 50, T) == pytest.approx(0.03753, abs=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("kind", "f"), [("x", lambda z: z), ("x2", lambda z: z**2), ("x3", lambda z: z**3), ("exp", math.exp)]
-)
-def test_stepped_schedules_match_min_ceiling_f_u_g(kind, f):
-    g, every, ceiling, T = 0.05, 5, 100.0, 100
+F = {"x": lambda z: z, "x2": lambda z: z**2, "x3": lambda z: z**3, "exp": math.exp}
+
+
+@pytest.mark.parametrize("kind", F)
+def test_stepped_schedules_match_f_of_min_u_g_ceiling(kind):
+    g, every, ceiling, T = 0.05, 5, 0.6, 100
+    f = F[kind]
     s = SteppedSchedule(kind=kind, reg_granularity_prune=g, update_every=every, ceiling=ceiling)
-    for t in (0, 4, 5, 9, 10, 49, 50, T):
+    for t in range(T + 1):
         u = t // every
-        assert lam(s, t, T) == pytest.approx(min(ceiling, f(u * g)), rel=1e-6), t
+        assert lam(s, t, T) == pytest.approx(f(min(u * g, ceiling)), rel=1e-6), t
     assert lam(s, 0, T) == f(0.0)
-    assert lam(s, 50, T) == pytest.approx(f(10 * g), rel=1e-6)
-    assert lam(s, T, T) == pytest.approx(f(20 * g), rel=1e-6)
+    assert lam(s, 50, T) == pytest.approx(f(10 * g), rel=1e-6)  # u*g = 0.5: still rising
+    assert lam(s, T, T) == pytest.approx(f(ceiling), rel=1e-6)  # u*g = 1.0 capped at 0.6 from t = 60 on
 
 
 def test_stepped_schedules_respect_the_ceiling_and_update_every():
@@ -63,8 +69,86 @@ def test_stepped_schedules_respect_the_ceiling_and_update_every():
     assert seq[3:6] == pytest.approx([0.1] * 3)
     assert seq[6] == pytest.approx(0.2)
     assert max(seq) == pytest.approx(0.45) and seq[-1] == pytest.approx(0.45)  # u*g = 0.6 is capped
-    assert SteppedSchedule(kind="exp", reg_granularity_prune=1e-4).ceiling == 1.0
-    assert lam(SteppedSchedule(kind="exp", reg_granularity_prune=1.0, ceiling=5.0), 50, 100) == 5.0
+
+
+def test_exp_caps_its_argument_so_it_rises_from_1_towards_e():
+    """The original stopped updating once ``g * i >= 1``: ``exp(min(u*g, 1))``, never a constant ``min(1, exp)``."""
+    s = SteppedSchedule(kind="exp", reg_granularity_prune=0.1, update_every=1, ceiling=1.0)
+    assert lam(s, 0, 100) == 1.0
+    assert lam(s, 5, 100) == pytest.approx(math.exp(0.5), rel=1e-6)
+    assert lam(s, 10, 100) == pytest.approx(math.e, rel=1e-6) and lam(s, 60, 100) == pytest.approx(math.e, rel=1e-6)
+    assert lam(SteppedSchedule(kind="exp", reg_granularity_prune=1.0, ceiling=5.0), 50, 100) == pytest.approx(
+        math.exp(5.0), rel=1e-6
+    )
+
+
+# -- every schedule at its conf defaults ----------------------------------------------------------------
+
+SCHEDULES = sorted(p.stem for p in (CONF / "schedule").glob("*.yaml"))
+PAPER_T = 352 * 120  # CIFAR-100: 45,000 training images at batch 128, a 120-epoch round
+
+
+def documented(name: str, schedule, t: int, T: int) -> float:
+    """lambda(t) as docs/algorithms.md writes it, in double precision."""
+    g = schedule.reg_granularity_prune
+    if name in F:
+        return F[name](min((t // schedule.update_every) * g, schedule.ceiling))
+    n = 1 if name == "exp_custom" else schedule.exponents
+    return g / E1 * (math.exp((t / T) ** n) - 1)
+
+
+@pytest.fixture(scope="module")
+def default_round() -> tuple[int, int]:
+    """(steps per epoch, epochs) of a round of the default run."""
+    cfg = compose_config()
+    return build(cfg.dataset, "dataset").num_batches("train", cfg.train.batch_size), cfg.train.epochs
+
+
+def lambdas_of_a_round(name: str, steps: int, epochs: int) -> tuple[object, list[float]]:
+    """The schedule as the run builds it (the real conf, through ``struct=rsst``) and its lambda at every step."""
+    strategy = build(compose_config(["struct=rsst", f"schedule={name}"]).struct, "struct")
+    w = torch.ones(2, 3)
+    ones = Masks.ones_like({"w": w})
+    plan = RoundPlan(train=ones, final=Masks({"w": torch.zeros(2, 3)}), penalised=ones.clone())
+    penalty = strategy.penalty(plan, {"w": w}, steps, epochs)
+    seq = []
+    for e in range(epochs):
+        penalty.start_epoch(e)
+        for _ in range(steps):
+            w.grad = torch.zeros_like(w)
+            penalty()
+            seq.append(float(penalty.lam))
+    return strategy.schedule, seq
+
+
+def rises_over_the_first_half(name: str, schedule, lam_at: list[float]) -> None:
+    """``lam_at[t]`` for t = 0 .. T/2: strictly increasing at every update (every step, or every notch)."""
+    every = getattr(schedule, "update_every", 1)
+    updates = lam_at[::every]
+    assert len(updates) >= 10, f"{name}: too few updates in the first half to call it a ramp"
+    assert all(b > a for a, b in zip(updates, updates[1:], strict=False)), f"{name} is flat somewhere"
+    assert all(b >= a for a, b in zip(lam_at, lam_at[1:], strict=False)), f"{name} falls somewhere"
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_schedule_rises_strictly_over_the_first_half_of_a_default_round(name, default_round):
+    steps, epochs = default_round
+    T = steps * epochs
+    schedule, seq = lambdas_of_a_round(name, steps, epochs)
+    lam_at = [float(schedule(torch.tensor(0), T)), *seq]  # lam_at[t]: step t (1-based) uses lambda(t)
+    rises_over_the_first_half(name, schedule, lam_at[: T // 2 + 1])
+    want = [documented(name, schedule, t, T) for t in range(T + 1)]
+    assert lam_at == pytest.approx(want, rel=1e-5, abs=1e-30)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_schedule_rises_strictly_over_the_first_half_of_a_paper_round(name):
+    schedule = build(compose_config(["struct=rsst", f"schedule={name}"]).struct, "struct").schedule
+    t = torch.arange(PAPER_T // 2 + 1)
+    lam_at = schedule(t, PAPER_T).tolist()
+    rises_over_the_first_half(name, schedule, lam_at)
+    for k in (1, 7, PAPER_T // 4, PAPER_T // 2):
+        assert lam_at[k] == pytest.approx(documented(name, schedule, k, PAPER_T), rel=1e-5), k
 
 
 def run_penalty(penalty: RSSTPenalty, epochs: range, steps: int, w: torch.Tensor) -> list[float]:

@@ -390,7 +390,7 @@ def test_every_schedule_runs_a_round_and_ends_at_its_formula(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     T = -(-DIGITS_TRAIN // 128)  # one epoch of batches of 128: the last step uses lambda(T)
     u = T // 5
-    end = {"x": u * 1e-4, "x2": (u * 1e-4) ** 2, "x3": (u * 1e-4) ** 3, "exp": 1.0, "exp_custom": 1.0}
+    end = {"x": u * 1e-4, "x2": (u * 1e-4) ** 2, "x3": (u * 1e-4) ** 3, "exp": math.exp(u * 1e-4), "exp_custom": 1.0}
     end["exp_custom_exponents"] = 1.0
     lambdas = sorted(rows[1]["reg_lambda"] for rows in sweep_rounds(tmp_path).values())
     assert lambdas == pytest.approx(sorted(end.values()), rel=1e-5)

@@ -30,6 +30,7 @@ from torchvision.models.resnet import ResNet as TorchvisionResNet
 
 from rsst.models.cifar_resnet import BasicBlock as CifarBasicBlock
 from rsst.models.cifar_resnet import CifarResNet
+from rsst.models.lth import ConvNet
 from rsst.models.mobilenet import MobileNet
 from rsst.models.vgg import VGG
 
@@ -237,6 +238,30 @@ def _shrink_vgg(model: VGG, masks: Mapping[str, Tensor]) -> None:
         _link(model, name, f"features.{idx + 1}", consumer, _dead_rows(masks, name))
 
 
+def _shrink_lth_conv(model: ConvNet, masks: Mapping[str, Tensor]) -> None:
+    """Conv-2/4/6: a chain conv(+bias)-ReLU(-maxpool) without BatchNorm, flattened into ``fc1``.
+
+    A zero filter outputs the constant ``relu(bias)``, unchanged by max-pooling. It folds into
+    the next conv (a map, through zero padding) or, for the last conv, into ``fc1``'s bias:
+    channel ``j`` is the ``side * side`` consecutive inputs of ``fc1`` from ``j * side * side``.
+    """
+    convs = [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+    for k, name in enumerate(convs):
+        dead = _dead_rows(masks, name)
+        if dead is None or not bool(dead.any()):
+            continue
+        conv = _get(model, name)
+        dead = dead.to(conv.weight.device)
+        keep, const = ~dead, F.relu(conv.bias)[dead]
+        if k + 1 < len(convs):
+            consumer, cols_keep, cols_const = convs[k + 1], keep, const
+        else:
+            area = model.side * model.side
+            consumer, cols_keep, cols_const = "fc1", keep.repeat_interleave(area), const.repeat_interleave(area)
+        _set(model, consumer, _consume(_get(model, consumer), cols_keep, cols_const))
+        _set(model, name, _slice_out(conv, keep))
+
+
 def _shrink_mobilenet(model: MobileNet, masks: Mapping[str, Tensor]) -> None:
     """Channel ``j`` of a depthwise conv and of its producer go together.
 
@@ -326,7 +351,7 @@ def _shrink_densenet(model: TorchvisionDenseNet, masks: Mapping[str, Tensor]) ->
 def shrink(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
     """A copy of ``model`` (eval mode, masks applied) with the channels the masks zeroed removed where exact.
 
-    Supported families: CIFAR ResNets, torchvision ResNets, VGG, MobileNet v1, DenseNet.
+    Supported families: CIFAR ResNets, torchvision ResNets, VGG, MobileNet v1, DenseNet, Conv-2/4/6.
     Any other architecture comes back masked but unshrunk (never a different function).
     """
     out = copy.deepcopy(model).eval()
@@ -340,6 +365,8 @@ def shrink(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
             _shrink_vgg(out, masks)
         elif isinstance(out, MobileNet):
             _shrink_mobilenet(out, masks)
+        elif isinstance(out, ConvNet):
+            _shrink_lth_conv(out, masks)
         elif isinstance(out, TorchvisionDenseNet):
             _shrink_densenet(out, masks)
     return out

@@ -97,6 +97,8 @@ def global_magnitude_prune(weights: Mapping[str, Tensor], masks: Masks, rate: fl
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"prune rate must be in [0, 1], got {rate}")
     names = list(masks)
+    if not names:
+        return Masks()
     with torch.no_grad():
         flat_masks = torch.cat([masks[n].reshape(-1) for n in names])
         scores = torch.cat([weights[n].detach().abs().reshape(-1).float() for n in names])
@@ -107,6 +109,28 @@ def global_magnitude_prune(weights: Mapping[str, Tensor], masks: Masks, rate: fl
             order = torch.sort(scores[alive_idx], stable=True).indices
             new_flat[alive_idx[order[:k]]] = 0.0
     return unflatten(new_flat, masks)
+
+
+def magnitude_prune(
+    weights: Mapping[str, Tensor], masks: Masks, rate: float, layer_rates: Mapping[str, float] | None = None
+) -> Masks:
+    """Magnitude pruning with per-layer exceptions: each layer in ``layer_rates`` on its own, the rest globally.
+
+    Every layer named in ``layer_rates`` loses ``round(layer_rate * alive)`` of its own
+    alive weights (layer-wise pruning, as the lottery-ticket paper pruned its fully
+    connected layers); the other layers are pruned together by
+    :func:`global_magnitude_prune` at ``rate``. With no ``layer_rates`` this is exactly
+    :func:`global_magnitude_prune`. Returns fresh masks in ``masks``' order.
+    """
+    layer_rates = dict(layer_rates or {})
+    unknown = sorted(set(layer_rates) - set(masks))
+    if unknown:
+        raise ValueError(f"layer rates for layers that are not prunable: {unknown}")
+    pooled = Masks({n: m for n, m in masks.items() if n not in layer_rates})
+    out = global_magnitude_prune(weights, pooled, rate)
+    for name, layer_rate in layer_rates.items():
+        out.update(global_magnitude_prune(weights, Masks({name: masks[name]}), layer_rate))
+    return Masks({n: out[n] for n in masks})
 
 
 def unflatten(flat: Tensor, like: Mapping[str, Tensor]) -> Masks:

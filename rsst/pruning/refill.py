@@ -1,4 +1,4 @@
-"""Refill: turn an unstructured mask into a channel mask, keeping whole output filters (DESIGN section 4).
+"""Refill: turn an unstructured conv mask into a channel mask, keeping whole output filters (DESIGN section 4).
 
 Per prunable layer with mask ``M`` of shape ``[C_out, ...]`` and density
 ``d = M.sum() / M.numel()``, keep exactly
@@ -15,7 +15,7 @@ because a float product came out as 2.9999999.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from fractions import Fraction
 
 import torch
@@ -49,14 +49,27 @@ def top_channels(scores: Tensor, n: int) -> Tensor:
     return order[:n]
 
 
-def refill(masks: Mapping[str, Tensor], scores: Mapping[str, Tensor], fillback_rate: float = 0.0) -> Masks:
+def refill(
+    masks: Mapping[str, Tensor],
+    scores: Mapping[str, Tensor],
+    fillback_rate: float = 0.0,
+    unstructured: Collection[str] = (),
+) -> Masks:
     """The channel mask ``R`` of ``masks``: per layer, rows all ones (the top-``n`` channels) or all zeros.
 
-    Returns fresh tensors; ``masks`` and ``scores`` are only read.
+    Layers named in ``unstructured`` (the ``Linear`` layers, whose rows are a classifier's
+    classes or an MLP's units) are not refilled: their mask is a copy of ``masks``' and
+    they need no score. Returns fresh tensors; ``masks`` and ``scores`` are only read.
     """
     check_fillback_rate(fillback_rate)
+    unknown = sorted(set(unstructured) - set(masks))
+    if unknown:
+        raise ValueError(f"unstructured layers that are not in the masks: {unknown}")
     out = Masks()
     for name, m in masks.items():
+        if name in unstructured:
+            out[name] = m.detach().clone()
+            continue
         c_out = m.shape[0]
         s = scores[name]
         if s.shape != (c_out,):

@@ -52,10 +52,12 @@ class LambdaSchedule:
 
 
 class SteppedSchedule(LambdaSchedule):
-    """``x``, ``x2``, ``x3``, ``exp``: ``min(ceiling, f(u*g))``, ``u = floor(t / update_every)``.
+    """``x``, ``x2``, ``x3``, ``exp``: ``f(min(u*g, ceiling))``, ``u = floor(t / update_every)``.
 
-    ``f`` is the identity, the square, the cube or ``exp``: lambda rises by one
-    notch every ``update_every`` steps until it reaches ``ceiling``.
+    ``f`` is the identity, the square, the cube or ``exp``: lambda rises by one notch
+    every ``update_every`` steps until the argument ``u*g`` reaches ``ceiling``, where
+    the updates stop (the original stopped updating once ``g * i >= 1``). So ``x``,
+    ``x2`` and ``x3`` rise from 0 to ``ceiling^k`` and ``exp`` from 1 to ``exp(ceiling)``.
     """
 
     FUNCTIONS = {"x": lambda z: z, "x2": torch.square, "x3": lambda z: z**3, "exp": torch.exp}
@@ -82,7 +84,7 @@ class SteppedSchedule(LambdaSchedule):
 
     def __call__(self, t: Tensor, T: int) -> Tensor:
         u = torch.div(t, self.update_every, rounding_mode="floor").to(torch.float32)
-        return self.FUNCTIONS[self.kind](u * self.reg_granularity_prune).clamp(max=self.ceiling)
+        return self.FUNCTIONS[self.kind]((u * self.reg_granularity_prune).clamp(max=self.ceiling))
 
 
 class ExpCustomSchedule(LambdaSchedule):

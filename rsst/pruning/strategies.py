@@ -6,14 +6,14 @@ rewinding and files. A new method costs one small class with a ``plan`` method.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from torch import Tensor, nn
 
 from rsst.pruning.criteria import Criterion
-from rsst.pruning.masks import Masks, global_magnitude_prune
+from rsst.pruning.masks import Masks, magnitude_prune
 from rsst.pruning.refill import check_fillback_rate, refill
 from rsst.pruning.regularizer import LambdaSchedule, RSSTPenalty
 
@@ -42,6 +42,34 @@ class PruneContext:
     seed: int = 0  # the run's seed (random masks draw from it and the round)
     theta_rewind: Mapping[str, Tensor] | None = None  # the whole state_dict the round rewinds to ("at init")
     dense: Callable[[], Mapping[str, Tensor]] | None = None  # the trained dense network's state_dict (round 0)
+    rate_fc: float | None = None  # Linear weights: each layer on its own at this rate (None: see ``layer_rates``)
+    rate_output: float | None = None  # the classifier: on its own at this rate (None: ``rate_fc``)
+
+
+def linear_weights(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """The names among ``names`` whose module is an ``nn.Linear`` (prunable with ``prune.include_fc=true``)."""
+    return [n for n in names if isinstance(model.get_submodule(n.rpartition(".")[0]), nn.Linear)]
+
+
+def layer_rates(ctx: PruneContext) -> dict[str, float]:
+    """The per-layer rates of the fully connected layers: ``{}`` (one global ranking) unless a rate is set for them.
+
+    With ``rate_fc`` or ``rate_output`` set, each prunable ``Linear`` layer is pruned on
+    its own: the classifier (``model.classifier_name``) at ``rate_output``, the others at
+    ``rate_fc`` (an unset ``rate_output`` falls back to ``rate_fc``, an unset ``rate_fc`` to
+    ``rate``). The convs stay one global ranking at ``rate`` (:func:`~rsst.pruning.masks.magnitude_prune`).
+    """
+    if ctx.rate_fc is None and ctx.rate_output is None:
+        return {}
+    hidden = ctx.rate if ctx.rate_fc is None else ctx.rate_fc
+    output = hidden if ctx.rate_output is None else ctx.rate_output
+    classifier = f"{getattr(ctx.model, 'classifier_name', 'fc')}.weight"
+    return {n: output if n == classifier else hidden for n in linear_weights(ctx.model, ctx.weights)}
+
+
+def magnitude_mask(ctx: PruneContext) -> Masks:
+    """``M_r``: the previous ticket magnitude-pruned, convs globally at ``rate``, Linear layers per ``layer_rates``."""
+    return magnitude_prune(ctx.weights, ctx.masks, ctx.rate, layer_rates(ctx))
 
 
 class Penalty(Protocol):
@@ -99,16 +127,18 @@ class IMP(Strategy):
     name = "imp"
 
     def plan(self, ctx: PruneContext) -> RoundPlan:
-        pruned = global_magnitude_prune(ctx.weights, ctx.masks, ctx.rate)
+        pruned = magnitude_mask(ctx)
         return RoundPlan(train=pruned, final=pruned.clone())
 
 
 class Refill(Strategy):
     """Refill (Chen et al. 2022, "Coarsening the Granularity"): train with the channel mask ``R_r``.
 
-    ``R_r = refill(M_r, criteria, fillback_rate)``: per layer, the top-``n`` output
-    channels of the magnitude-pruned mask ``M_r`` kept whole (``rsst.pruning.refill``).
-    The criterion scores the trained network with ``M_r`` applied.
+    ``R_r = refill(M_r, criteria, fillback_rate)``: per conv layer, the top-``n``
+    output channels of the magnitude-pruned mask ``M_r`` kept whole (``rsst.pruning.refill``).
+    The criterion scores the trained network with ``M_r`` applied. ``Linear`` layers
+    (pruned with ``prune.include_fc=true``) keep their ``M_r`` mask unstructured: a
+    classifier row is a class, and refill must never delete one.
     """
 
     name = "refill"
@@ -121,10 +151,10 @@ class Refill(Strategy):
         self.fillback_rate = fillback_rate
 
     def masks(self, ctx: PruneContext) -> tuple[Masks, Masks]:
-        """``(M_r, R_r)``: the global magnitude mask and its channel-wise refill, both fresh."""
-        pruned = global_magnitude_prune(ctx.weights, ctx.masks, ctx.rate)
+        """``(M_r, R_r)``: the magnitude mask and its refill (whole channels for convs, ``M_r`` for Linear), fresh."""
+        pruned = magnitude_mask(ctx)
         scores = self.criteria.scores(ctx.model, pruned, ctx.batches)
-        return pruned, refill(pruned, scores, self.fillback_rate)
+        return pruned, refill(pruned, scores, self.fillback_rate, unstructured=linear_weights(ctx.model, pruned))
 
     def plan(self, ctx: PruneContext) -> RoundPlan:
         _, refilled = self.masks(ctx)

@@ -1,0 +1,84 @@
+"""Draw every RSST lambda schedule over one round at its conf defaults: regenerates docs/schedules.png.
+
+    python scripts/plot_schedules.py [--out docs/schedules.png] [--steps-per-epoch 352] [--epochs 120]
+
+The schedules are built from the real config (``struct=rsst schedule=NAME``), exactly as a
+run builds them, and evaluated at every step ``t = 0 .. T`` of a round of ``T`` steps
+(default: the paper setting, CIFAR-100 at batch 128 for 120 epochs, ``T = 42,240``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from rsst.config import build  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMULAS = {
+    "x": r"$\min(ug, c)$",
+    "x2": r"$\min(ug, c)^2$",
+    "x3": r"$\min(ug, c)^3$",
+    "exp": r"$\exp(\min(ug, c))$",
+    "exp_custom": r"$\frac{g}{e-1}(e^{t/T} - 1)$",
+    "exp_custom_exponents": r"$\frac{g}{e-1}(e^{(t/T)^n} - 1)$",
+}
+
+
+def schedule_of(name: str):
+    """The schedule a run with ``struct=rsst schedule=NAME`` builds, from the real conf."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["struct=rsst", f"schedule={name}"])
+    return build(cfg.struct, "struct").schedule
+
+
+def defaults(schedule) -> str:
+    keys = ("reg_granularity_prune", "update_every", "ceiling", "exponents")
+    short = {"reg_granularity_prune": "g", "update_every": "every", "ceiling": "c", "exponents": "n"}
+    return ", ".join(f"{short[k]}={getattr(schedule, k):g}" for k in keys if hasattr(schedule, k))
+
+
+def plot(out: Path, steps_per_epoch: int, epochs: int) -> None:
+    T = steps_per_epoch * epochs
+    t = torch.arange(T + 1)
+    names = list(FORMULAS)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    for ax, name in zip(axes.flat, names, strict=True):
+        schedule = schedule_of(name)
+        lam = schedule(t, T).double().numpy()
+        ax.axvspan(0, 0.5, color="0.93", zorder=0)
+        ax.plot(t.numpy() / T, lam, color="C0")
+        ax.set_title(f"{name}: {FORMULAS[name]}\n{defaults(schedule)}", fontsize=10)
+        ax.set_xlabel("t / T (step in the round)")
+        ax.set_ylabel("lambda")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.annotate(f"{lam[-1]:.4g}", (1, lam[-1]), textcoords="offset points", xytext=(-4, -12), ha="right")
+    fig.suptitle(
+        f"RSST lambda over one round at the conf defaults: T = {T:,} steps ({epochs} epochs x {steps_per_epoch});"
+        " u = floor(t / every), shaded: the first half",
+        fontsize=11,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "schedules.png")
+    parser.add_argument("--steps-per-epoch", type=int, default=352)
+    parser.add_argument("--epochs", type=int, default=120)
+    args = parser.parse_args()
+    plot(args.out, args.steps_per_epoch, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
