@@ -1,4 +1,9 @@
-"""Entry point: compose the Hydra config and hand it to ``rsst.run``."""
+"""Entry point: compose the Hydra config and hand it to ``rsst.run``.
+
+A user's mistake (a bad value, a missing file or device, a folder in use, a full disk) ends a
+single run with one line on stderr and exit 2. In a sweep the job fails alone: the launcher runs
+the other jobs and ends the sweep with a summary of the failures (see ``rsst/sweeps.py``).
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,30 @@ from omegaconf import DictConfig, open_dict
 from rsst import run
 from rsst.checkpoint import CheckpointError
 from rsst.config import ConfigError
+from rsst.io import RunIOError
+from rsst.lock import RunLockedError
+from rsst.rundir import RunFolderError
+from rsst.sweeps import record_failure
 
 log = logging.getLogger("rsst")
+
+USER_ERRORS = (ConfigError, CheckpointError, RunFolderError, RunLockedError, RunIOError)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
+    sweep = hc.mode == RunMode.MULTIRUN
     if cfg.paths.root is None:
         with open_dict(cfg):
-            cfg.paths.root = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else "runs"
+            cfg.paths.root = hc.sweep.dir if sweep else "runs"
     try:
         return run(cfg)
-    except (ConfigError, CheckpointError) as exc:
+    except USER_ERRORS as exc:
         log.error("%s", exc)
+        if sweep:  # no exit: the launcher runs the next job; the sweep's summary lists this one
+            record_failure(hc.sweep.dir, hc.job.num, list(hc.overrides.task), str(exc))
+            return {"error": str(exc)}
         sys.exit(2)
 
 

@@ -20,11 +20,30 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_torch_save({"format_version": FORMAT_VERSION, **state}, path)
 
 
-def load_checkpoint(path: str | Path, config_hash: str) -> dict[str, Any]:
-    """Load ``path`` and check it belongs to the config with ``config_hash``; raise a clear error otherwise."""
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def config_difference(theirs: Any, ours: Any, limit: int = 3) -> str:
+    """``"train.amp: bf16 there, off here; ..."``: the first ``limit`` keys whose values differ."""
+    a, b = _flat(theirs if isinstance(theirs, dict) else {}), _flat(ours if isinstance(ours, dict) else {})
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    parts = [f"{k}: {a.get(k, '<absent>')} there, {b.get(k, '<absent>')} here" for k in keys[:limit]]
+    return "; ".join(parts) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_checkpoint(path: str | Path, config_hash: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load ``path`` and check it belongs to the config with ``config_hash``; raise a clear error otherwise.
+
+    ``config`` (this run's hashed config) lets a mismatch name the keys that differ.
+    """
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is missing") from None
     except Exception as exc:  # any unpickling failure means the file cannot be trusted
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); "
@@ -34,11 +53,31 @@ def load_checkpoint(path: str | Path, config_hash: str) -> dict[str, Any]:
         found = state.get("format_version") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"checkpoint {path} has format {found!r}, expected {FORMAT_VERSION}")
     if state.get("config_hash") != config_hash:
+        diff = config_difference(state.get("config"), config) if config is not None else ""
+        hint = ""
+        if "train.amp" in diff:
+            amp = _flat(state.get("config") or {}).get("train.amp")
+            hint = f" (train.amp=auto resolves per machine; pass train.amp={amp} to resume it as it was)"
         raise CheckpointError(
             f"checkpoint {path} belongs to config {state.get('config_hash')!r}, not to this run's "
-            f"config {config_hash!r}; it will not be resumed. Use another paths.run_dir, or remove the folder"
+            f"config {config_hash!r}{f' ({diff})' if diff else ''}; it will not be resumed{hint}. "
+            "Use another paths.run_dir, or remove the folder"
         )
     return state
+
+
+def read_identity(path: str | Path) -> str:
+    """The config hash a checkpoint records (read without unpickling code, memory-mapped)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is missing: the run's identity cannot be checked") from None
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("config_hash"), str):
+        raise CheckpointError(f"checkpoint {path} records no config hash")
+    return state["config_hash"]
 
 
 def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -7,6 +7,8 @@ last finished epoch, and a finished run reports its result without training.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,23 +16,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from tqdm.auto import tqdm
 
+from rsst import provenance
 from rsst.checkpoint import clone_state, load_checkpoint, save_checkpoint
-from rsst.config import ConfigError, build, validate_config
-from rsst.export import is_channel_wise, structured_size
-from rsst.io import atomic_torch_save, atomic_write_text
-from rsst.models import prunable_weights, stem_module_name
+from rsst.config import build, validate_config
+from rsst.io import atomic_torch_save, io_error
+from rsst.lock import RunLock
+from rsst.models import prunable_weights
+from rsst.models.size import is_channel_wise, structured_size
 from rsst.optim import build_optimizer, build_scheduler
 from rsst.preemption import GracefulStop, graceful_stop
+from rsst.pretrained import load_pretrained
 from rsst.pruning.masks import Masks, apply_masks_
 from rsst.pruning.regularizer import penalised_norm
 from rsst.pruning.strategies import Penalty, PruneContext, RoundPlan, Strategy, imp_equivalent_density
 from rsst.rundir import config_hash, hashed_config, run_directory
+from rsst.runfolder import refuse_foreign, remove_temporaries, repair
 from rsst.tracking import format_table
-from rsst.training import Execution, compile_model, evaluate, resolve_device, train_epoch
+from rsst.training import Execution, compile_model, evaluate, resolve_amp_name, resolve_device, train_epoch
 
 log = logging.getLogger("rsst")
 
@@ -57,37 +63,6 @@ def epoch_seed(seed: int, round_: int, epoch: int) -> int:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def load_pretrained(path: str, model: nn.Module, classifier: str) -> dict[str, torch.Tensor]:
-    """theta_0 for ``prune.rewind=pretrained``: the file's weights, with stem and classifier re-initialised.
-
-    The stem conv and the classifier keep ``model``'s fresh initialisation, as the
-    original tool's ``pt`` mode did (the pretrained head and input layer do not fit
-    a new data set's classes and channels).
-    """
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(blob, dict):
-        blob = blob.get("state_dict", blob.get("model", blob))
-    if not isinstance(blob, dict):
-        raise ConfigError(f"prune.pretrained={path!r}: expected a state_dict, found {type(blob).__name__}")
-    blob = {k.removeprefix("module."): v for k, v in blob.items()}
-    fresh = clone_state(model)
-    reinit = (f"{stem_module_name(model)}.", f"{classifier}.")
-    missing = sorted(k for k in fresh if k not in blob and not k.startswith(reinit))
-    if missing:
-        raise ConfigError(f"prune.pretrained={path!r} lacks weights this architecture needs: {missing[:5]}")
-    theta = {}
-    for k, v in fresh.items():
-        if k.startswith(reinit):
-            theta[k] = v
-        elif blob[k].shape != v.shape:
-            raise ConfigError(
-                f"prune.pretrained={path!r}: {k} has shape {tuple(blob[k].shape)}, expected {tuple(v.shape)}"
-            )
-        else:
-            theta[k] = blob[k].detach().clone().to(v.dtype)
-    return theta
 
 
 class RoundLoop:
@@ -117,6 +92,7 @@ class RoundLoop:
         self.epoch = 0
         self.plan: RoundPlan | None = None
         self.ticket: Masks | None = None  # the final masks of the last finished round
+        self.tickets: dict[int, dict[str, torch.Tensor]] = {}  # every finished round's final masks (bool)
         self.theta_0 = clone_state(self.model)
         self.theta_rewind: dict[str, torch.Tensor] | None = None
         self.epoch_rows: list[dict[str, Any]] = []
@@ -129,10 +105,17 @@ class RoundLoop:
 
     # -- state ------------------------------------------------------------------------------------
 
-    def fresh_start(self) -> None:
+    def check_pretrained(self) -> dict[str, torch.Tensor] | None:
+        """``prune.rewind=pretrained``: the file's weights as theta_0, checked before anything is written."""
+        if self.cfg.prune.rewind != "pretrained":
+            return None
+        classifier = getattr(self.model, "classifier_name", "fc")
+        return load_pretrained(self.cfg.prune.pretrained, self.model, classifier)
+
+    def fresh_start(self, pretrained: dict[str, torch.Tensor] | None = None) -> None:
         prune = self.cfg.prune
         if prune.rewind == "pretrained":
-            self.theta_0 = load_pretrained(prune.pretrained, self.model, getattr(self.model, "classifier_name", "fc"))
+            self.theta_0 = pretrained if pretrained is not None else self.check_pretrained()
             self.model.load_state_dict(self.theta_0)
         if (
             prune.rewind == "init"
@@ -150,9 +133,15 @@ class RoundLoop:
             "epoch": self.epoch,
             "plan": None
             if plan is None
-            else {"train": plan.train, "final": plan.final, "penalised": plan.penalised, "target": plan.target},
+            else {
+                "train": dict(plan.train),
+                "final": dict(plan.final),
+                "penalised": None if plan.penalised is None else dict(plan.penalised),
+                "target": plan.target,
+            },
             "penalty": self.penalty.state_dict() if hasattr(self.penalty, "state_dict") else None,
-            "ticket": self.ticket,
+            "ticket": None if self.ticket is None else dict(self.ticket),
+            "tickets": self.tickets,
             "model": self.model.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
@@ -187,6 +176,7 @@ class RoundLoop:
         if self.execution.scaler is not None and state.get("scaler"):  # fp16: resume at the scale reached
             self.execution.scaler.load_state_dict(state["scaler"])
         self.ticket = None if state["ticket"] is None else Masks(state["ticket"]).to(self.device)
+        self.tickets = {int(r): m for r, m in state.get("tickets", {}).items()}
         self.theta_0, self.theta_rewind = state["theta_0"], state["theta_rewind"]
         self.epoch_rows, self.round_rows = state["epoch_rows"], state["round_rows"]
         self.round_seconds, self.tracker_id = state["round_seconds"], state["tracker_id"]
@@ -244,6 +234,8 @@ class RoundLoop:
                 weights={n: w.detach() for n, w in self.weights.items()},
                 masks=self.ticket,
                 rate=float(self.cfg.prune.rate),
+                rate_fc=self.cfg.prune.get("rate_fc"),
+                rate_output=self.cfg.prune.get("rate_output"),
                 batches=lambda: self.train_batches(epoch_seed(self.cfg.seed, r, 1 << 15)),
                 density=self.target_density(r),
                 seed=self.cfg.seed,
@@ -335,6 +327,7 @@ class RoundLoop:
         if is_channel_wise(final):  # a Refill/RSST ticket: the size of its structured export
             shape = (1, self.data.in_channels, self.data.image_size, self.data.image_size)
             record.update(structured_size(self.model, final, shape))
+        self.tickets[r] = {n: m.bool().cpu() for n, m in final.items()}
         final.save(self.run_dir / "masks" / f"round_{r}.pt")
         atomic_torch_save(self.model.state_dict(), self.run_dir / "weights" / f"round_{r}.pt")
         self.round_rows.append(record)
@@ -344,32 +337,67 @@ class RoundLoop:
         return record
 
 
+def resolve_precision(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
+    """A copy of ``cfg`` with ``train.amp`` resolved to the precision this machine will run.
+
+    ``auto`` resolves per machine (bf16 where the device has native bf16, else off), so the
+    resolved name, not ``auto``, is what the run's hash, folder and ``config.yaml`` carry.
+    """
+    requested = cfg.train.amp
+    name, reason = resolve_amp_name(requested, resolve_device(cfg.device))
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.train.amp = name
+    return cfg, {"requested": str(requested), "resolved": name, "reason": reason}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume, or report) the experiment ``cfg`` describes; return its summary."""
+    """Run (or resume, or report) the experiment ``cfg`` describes; return its summary.
+
+    Everything is checked and built before the run folder is created: a bad value, a missing
+    device or an unusable pretrained file leaves nothing on disk. The folder is then held with
+    an exclusive lock for the whole run.
+    """
     validate_config(cfg)
+    cfg, precision = resolve_precision(cfg)
     run_dir = run_directory(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _log_to_file(run_dir):
-        return _run(cfg, run_dir)
-
-
-def _run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     loop = RoundLoop(cfg, run_dir)
+    pretrained = None if (run_dir / "checkpoint.pt").exists() else loop.check_pretrained()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise io_error("create the run folder", run_dir, exc) from exc
+    with RunLock(run_dir), _log_to_file(run_dir):
+        log.info("precision: %s (%s)", precision["resolved"], precision["reason"])
+        return _run(loop, pretrained, precision)
+
+
+def _run(loop: RoundLoop, pretrained: dict[str, torch.Tensor] | None, precision: dict[str, str]) -> dict[str, Any]:
+    cfg, run_dir = loop.cfg, loop.run_dir
+    remove_temporaries(run_dir)
     ckpt = run_dir / "checkpoint.pt"
-    if ckpt.exists():
-        loop.restore(load_checkpoint(ckpt, loop.hash))
+    resumed = ckpt.exists()
+    if resumed:
+        loop.restore(load_checkpoint(ckpt, loop.hash, hashed_config(cfg)))
         log.info("resuming %s at round %d, epoch %d", run_dir, loop.round, loop.epoch)
     else:
-        loop.fresh_start()
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        refuse_foreign(run_dir, loop.hash)
+        loop.fresh_start(pretrained)
         log.info("new run in %s", run_dir)
+    at_boundary = resumed and loop.plan is None and loop.round > 0
+    repair(
+        run_dir,
+        OmegaConf.to_yaml(cfg, resolve=True),
+        loop.epoch_rows,
+        loop.round_rows,
+        loop.tickets,
+        (lambda: loop.model.state_dict()) if at_boundary else None,
+    )
+    provenance.record_start(run_dir, loop.device, resumed, {"precision": precision, "config_hash": loop.hash})
     rounds = cfg.prune.rounds
     if loop.round < rounds:  # a finished run only reports; it opens no logger
         logged = (len(loop.epoch_rows), len(loop.round_rows))
         loop.tracker_id = loop.tracker.start(run_dir, hashed_config(cfg), loop.tracker_id, logged)
-        if loop.epoch_rows:  # a resumed run: make the files match the checkpoint
-            loop.tracker.log_epochs(loop.epoch_rows)
-            loop.tracker.log_rounds(loop.round_rows)
     with graceful_stop() as stop:
         try:
             while loop.round < rounds:
@@ -393,6 +421,7 @@ def _train_round(loop: RoundLoop, stop: GracefulStop | None) -> None:
             stop.check()
     record = loop.end_round()
     loop.save()
+    kill_point(f"round_saved:{record['round']}")
     loop.tracker.log_rounds(loop.round_rows)
     log.info(
         "round %d/%d: %.2f%% weights remain, best val %.2f%%, test %.2f%% (epoch %d), %.1fs",
@@ -415,10 +444,22 @@ def _train_round(loop: RoundLoop, stop: GracefulStop | None) -> None:
         )
 
 
+def kill_point(name: str) -> None:
+    """Where the tests reproduce a node dying: ``RSST_KILL_AT=<name>`` kills the process here (SIGKILL).
+
+    ``round_saved:<r>``: after round ``r``'s checkpoint is saved, before ``rounds.json`` is written.
+    """
+    if os.environ.get("RSST_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextmanager
 def _log_to_file(run_dir: Path) -> Iterator[None]:
     """Mirror the ``rsst`` logger into ``run.log`` in the run directory while the run lasts."""
-    handler = logging.FileHandler(run_dir / "run.log")
+    try:
+        handler = logging.FileHandler(run_dir / "run.log")
+    except OSError as exc:
+        raise io_error("write", run_dir / "run.log", exc) from exc
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)

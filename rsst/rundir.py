@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 # Keys that say where or how to report or how fast to compute, not what is computed: they do not
 # change the hash (train.amp does: the precision is part of the experiment).
@@ -51,20 +53,77 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def safe_part(text: str) -> str:
+    """``text`` reduced to ``[A-Za-z0-9_.-]`` (other runs of characters become one ``-``), never ``.``/``..``."""
+    part = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")
+    return part or "x"
+
+
 def _short(node: Any) -> str:
-    target = node.get("_target_", "") if isinstance(node, DictConfig) else ""
-    return target.rsplit(".", 1)[-1].lower() or "x"
+    target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+    return safe_part(target.rsplit(".", 1)[-1].lower())
 
 
 def run_name(cfg: DictConfig) -> str:
-    """``<struct>_<dataset>_<arch>_s<seed>_<hash>``: readable in a listing, unique by the hash."""
+    """``<struct>_<dataset>_<arch>_s<seed>_<hash>``: readable in a listing, unique by the hash.
+
+    Built only from ``[A-Za-z0-9_.-]``: a group's ``_target_`` cannot steer the folder elsewhere.
+    """
     parts = [_short(cfg.get(k)) for k in ("struct", "dataset", "arch")]
-    return "_".join([*parts, f"s{cfg.seed}", config_hash(cfg)])
+    return "_".join([*parts, f"s{safe_part(str(cfg.seed))}", config_hash(cfg)])
 
 
 def run_directory(cfg: DictConfig) -> Path:
-    """``paths.run_dir`` when given, else ``paths.root / run_name(cfg)`` (root defaults to ``runs``)."""
+    """``paths.run_dir`` when given, else ``paths.root / run_name(cfg)`` (root defaults to ``runs``).
+
+    A derived folder is checked to lie directly inside the root.
+    """
     paths = cfg.get("paths") or {}
     if paths.get("run_dir"):
         return Path(paths.run_dir)
-    return Path(paths.get("root") or "runs") / run_name(cfg)
+    root = Path(paths.get("root") or "runs")
+    run_dir = root / run_name(cfg)
+    if run_dir.resolve().parent != root.resolve():
+        raise RunFolderError(f"run folder {run_dir} would lie outside paths.root={str(root)!r}")
+    return run_dir
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used as it is; the message names the folder (or file) and why."""
+
+
+def read_verified_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run folder's ``config.yaml`` as a plain dict, checked against the hash its checkpoint records.
+
+    ``config.yaml`` is a readable copy; the checkpoint's ``config_hash`` is the run's identity. A
+    ``config.yaml`` that no longer hashes to it was edited (or belongs to another run) and is refused,
+    so that reports group and exports build exactly what was trained.
+    """
+    import yaml  # noqa: PLC0415  (PyYAML comes with omegaconf)
+
+    from rsst.checkpoint import CheckpointError, read_identity  # noqa: PLC0415
+
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.yaml"
+    try:
+        data = yaml.safe_load(cfg_file.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{cfg_file} is missing: {run_dir} is not a run folder") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RunFolderError(f"{cfg_file} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{cfg_file} is not a config (found {type(data).__name__})")
+    try:
+        recorded = read_identity(run_dir / "checkpoint.pt")
+    except CheckpointError as exc:
+        raise RunFolderError(str(exc)) from None
+    try:
+        found = config_hash(OmegaConf.create(data))
+    except OmegaConfBaseException as exc:
+        raise RunFolderError(f"{cfg_file} does not resolve ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    if found != recorded:
+        raise RunFolderError(
+            f"{cfg_file} was edited: it hashes to {found}, but the run's checkpoint was trained with config "
+            f"{recorded}; restore the file (or rerun the run to rewrite it)"
+        )
+    return data

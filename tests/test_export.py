@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,17 +15,22 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from rsst.export import count_macs, count_params, is_channel_wise
+from rsst.export import describe_layers, load_exported, load_round, main, save_exported
 from rsst.models import prunable_weights
 from rsst.models.shrink import FoldedConv2d, shrink
+from rsst.models.size import count_macs, count_params, is_channel_wise
 from rsst.report import report
 
-ARCHS = sorted(p.stem for p in (CONF / "arch").glob("*.yaml"))
+# Structured export removes conv output channels; the LeNet-300-100 MLP has no conv to shrink.
+ARCHS = sorted(p.stem for p in (CONF / "arch").glob("*.yaml") if p.stem != "lenet_300_100")
 BIG = {"resnet50", "densenet121", "densenet161"}
 
 
+DIMS = {"num_classes": 10, "in_channels": 3, "image_size": 32}
+
+
 def build(arch: str) -> nn.Module:
-    return instantiate(OmegaConf.load(CONF / "arch" / f"{arch}.yaml"))(num_classes=10, in_channels=3, image_size=32)
+    return instantiate(OmegaConf.load(CONF / "arch" / f"{arch}.yaml"))(**DIMS)
 
 
 def randomise_bn_(model: nn.Module, gen: torch.Generator) -> None:
@@ -68,7 +75,7 @@ def masked(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_export_computes_the_masked_network_exactly(arch):
+def test_export_computes_the_masked_network_exactly(arch, tmp_path):
     gen = torch.Generator().manual_seed(ARCHS.index(arch))
     torch.manual_seed(0)
     model = build(arch)
@@ -82,18 +89,13 @@ def test_export_computes_the_masked_network_exactly(arch):
     assert (want - got).abs().max().item() < 1e-4
     assert count_params(exported) < count_params(model)
     assert count_macs(exported, x.shape) < count_macs(model, x.shape)
-    reloaded = _round_trip(exported)
+    file = tmp_path / "exported.pt"
+    save_exported(exported, OmegaConf.load(CONF / "arch" / f"{arch}.yaml"), DIMS, file)
+    reloaded = load_exported(file)
     with torch.inference_mode():
-        assert torch.equal(reloaded(x), got)
-
-
-def _round_trip(model: nn.Module) -> nn.Module:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(model, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
+        diff = (reloaded(x) - got).abs().max().item()
+    assert diff == 0.0, f"{arch}: the reloaded export differs from the one in memory by {diff}"
+    assert describe_layers(reloaded) == describe_layers(exported)
 
 
 def _dead(masks, name):
@@ -165,12 +167,21 @@ def test_a_constant_into_a_padded_conv_is_folded_as_a_border_exact_map():
 # -- the command line on real runs ------------------------------------------------------------------
 
 
-def _run(tmp_path, struct: str):
-    root = tmp_path / struct
+def _run(root: Path, struct: str) -> Path:
     extra = ["criteria=magnitude"] if struct == "refill" else []
     result = launch(f"struct={struct}", *extra, "prune.rounds=2", *FAST, "train.epochs=1", f"paths.root={root}")
     assert result.returncode == 0, result.stderr[-2000:]
     return only_run_dir(root)
+
+
+@pytest.fixture(scope="module")
+def refill_run(tmp_path_factory) -> Path:
+    """One real two-round refill run, shared; tests that damage it work on a copy."""
+    return _run(tmp_path_factory.mktemp("refill"), "refill")
+
+
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / run_dir.name))
 
 
 def _export(*args: str) -> subprocess.CompletedProcess:
@@ -180,8 +191,8 @@ def _export(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_export_cli_on_a_refill_run_writes_the_model_and_the_measurement(tmp_path):
-    run_dir = _run(tmp_path, "refill")
+def test_export_cli_on_a_refill_run_writes_the_model_and_the_measurement(refill_run, tmp_path):
+    run_dir = _copy(refill_run, tmp_path)
     out = tmp_path / "model.pt"
     result = _export(str(run_dir), "--round", "1", "--out", str(out), "--repeats", "2")
     assert result.returncode == 0, result.stderr
@@ -192,8 +203,8 @@ def test_export_cli_on_a_refill_run_writes_the_model_and_the_measurement(tmp_pat
     assert measured["macs"]["ratio"] < 1.0
     for b in (1, 256):
         assert measured[f"latency_ms_batch{b}"]["exported"] > 0
-    model = torch.load(out, weights_only=False)
-    assert isinstance(model, nn.Module) and count_params(model) == measured["params"]["exported"]
+    model = load_exported(out)
+    assert count_params(model) == measured["params"]["exported"]
     rounds = json.loads((run_dir / "rounds.json").read_text())
     assert rounds[1]["params"] == measured["params"]["exported"]
     assert rounds[1]["macs"] == measured["macs"]["exported"]
@@ -201,6 +212,64 @@ def test_export_cli_on_a_refill_run_writes_the_model_and_the_measurement(tmp_pat
     plotted = report(run_dir, tmp_path / "report", x="macs")
     assert [lvl["macs"] for lvl in plotted["groups"][0].levels("test_acc", "macs")] == [rounds[1]["macs"]]
     assert (tmp_path / "report" / "report.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_exported_file_reloads_to_the_slim_network_in_memory(refill_run, tmp_path):
+    """``load_exported`` (plain data, weights_only) computes what ``shrink`` of the round computes."""
+    run_dir = _copy(refill_run, tmp_path)
+    loaded = load_round(run_dir, 1, torch.device("cpu"))
+    slim = shrink(loaded.model, loaded.masks)
+    out = tmp_path / "slim.pt"
+    assert main([str(run_dir), "--round", "1", "--out", str(out), "--repeats", "1", "--device", "cpu"]) == 0
+    torch.load(out, weights_only=True)  # plain data: loads with no code allowed
+    reloaded = load_exported(out)
+    x = torch.randn(8, *loaded.input_shape[1:], generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        diff = (reloaded(x) - slim(x)).abs().max().item()
+    assert diff <= 1e-6, f"the reloaded export differs from the slim model in memory by {diff}"
+    assert count_params(reloaded) == count_params(slim) < count_params(loaded.model)
+
+
+def _refused(capsys, run_dir: Path) -> str:
+    """Run the export command on ``run_dir``; assert exit code 2 and return its one-line message."""
+    assert main([str(run_dir), "--round", "1", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.slow
+def test_export_refuses_an_edited_config_yaml(refill_run, tmp_path, capsys):
+    run_dir = _copy(refill_run, tmp_path)
+    cfg = run_dir / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("width: 8", "width: 16", 1))
+    err = _refused(capsys, run_dir)
+    assert f"{cfg} was edited" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["weights", "masks"])
+def test_export_names_a_truncated_round_file(refill_run, tmp_path, capsys, kind):
+    run_dir = _copy(refill_run, tmp_path)
+    file = run_dir / kind / "round_1.pt"
+    blob = file.read_bytes()
+    file.write_bytes(blob[: len(blob) // 2])
+    err = _refused(capsys, run_dir)
+    assert f"{file}: not a file torch.save wrote, or truncated" in err
+    assert "rerun" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["weights", "masks"])
+def test_export_names_a_missing_round_file_and_how_to_rebuild_it(refill_run, tmp_path, capsys, kind):
+    run_dir = _copy(refill_run, tmp_path)
+    file = run_dir / kind / "round_1.pt"
+    file.unlink()
+    err = _refused(capsys, run_dir)
+    assert f"{file} is missing (the folder holds rounds [0])" in err
+    assert "rerun the run (into a fresh paths.run_dir) to rebuild it" in err
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -18,12 +19,66 @@ import torch
 from rsst.data.base import Split, TensorDataModule
 from rsst.data.files import CorruptDatasetError, check_count, check_sizes, locate
 
+try:
+    from numpy._core import multiarray  # numpy 2
+except ImportError:
+    from numpy.core import multiarray  # numpy 1.x
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles from Python 3 use it for bytes, and for nothing else."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"refuses _codecs.encode with encoding {encoding!r}; only latin1 builds bytes")
+    return text.encode("latin1")
+
+
+def _numpy_globals() -> dict[str, Any]:
+    """The globals a CIFAR batch names: numpy's array and dtype reconstruction (under its 1.x and 2.x names)."""
+    return {
+        "numpy.core.multiarray._reconstruct": multiarray._reconstruct,
+        "numpy._core.multiarray._reconstruct": multiarray._reconstruct,
+        "numpy.core.multiarray.scalar": multiarray.scalar,
+        "numpy._core.multiarray.scalar": multiarray.scalar,
+        "numpy.ndarray": np.ndarray,
+        "numpy.dtype": np.dtype,
+        "_codecs.encode": _latin1_encode,
+    }
+
+
+class RefusedGlobal(CorruptDatasetError):
+    """A CIFAR batch that names a callable outside numpy's array reconstruction."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR python batch and nothing else: any global outside numpy's array rebuild is refused.
+
+    The batches are pickles, and a pickle may name any callable to run. These files hold dicts,
+    lists, strings, bytes, numbers and numpy arrays, so only the names numpy's arrays are rebuilt
+    with are looked up; a file naming ``os.system`` (say) fails before anything is called.
+    """
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+        self.allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.allowed.get(f"{module}.{name}")
+        if found is None:
+            raise RefusedGlobal(
+                f"{self.path}: refuses to load {module}.{name}: a CIFAR batch holds only numpy arrays, lists, "
+                "dicts, bytes, numbers and strings; this file is not one (delete it and fetch the data again)"
+            )
+        return found
+
 
 def read_cifar_pickle(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``[N, 3, 32, 32]`` uint8 and labels ``[N]`` int64 from one CIFAR pickle file."""
+    """Images ``[N, 3, 32, 32]`` uint8 and labels ``[N]`` int64 from one CIFAR pickle file (restricted unpickling)."""
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = CifarUnpickler(f, path).load()
+    except RefusedGlobal:
+        raise
     except Exception as exc:  # a truncated or garbled pickle fails in many ways; all mean "corrupt"
         raise CorruptDatasetError(
             f"{path}: not a readable CIFAR pickle ({type(exc).__name__}: {exc}); delete it and fetch the data again"

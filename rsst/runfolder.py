@@ -1,0 +1,113 @@
+"""Opening a run folder: refuse another config's folder, and repair what a kill could leave behind.
+
+The checkpoint is the source of truth. On every start (finished run or not) the files that can be
+rebuilt from it are rewritten: ``rounds.json``, ``metrics.csv``, ``config.yaml`` and every
+``masks/round_<r>.pt``; the last finished round's ``weights/round_<r>.pt`` when the run stands at a
+round boundary; leftover temporary files of interrupted atomic writes are removed. What cannot be
+rebuilt is named in a warning (and ``rsst.export`` / ``rsst.report`` refuse it where they need it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from rsst.io import atomic_torch_save, atomic_write_json, atomic_write_text, leftover_temporaries
+from rsst.rundir import RunFolderError, config_hash
+from rsst.tracking import to_csv
+
+log = logging.getLogger("rsst")
+
+RUN_FILES = ("checkpoint.pt", "rounds.json", "metrics.csv")
+
+
+def refuse_foreign(run_dir: Path, our_hash: str) -> None:
+    """A new run may not start in a folder holding another config's files; name both hashes."""
+    cfg_file = run_dir / "config.yaml"
+    theirs = None
+    if cfg_file.is_file():
+        try:
+            theirs = config_hash(OmegaConf.create(yaml.safe_load(cfg_file.read_text())))
+        except Exception:  # an unreadable config.yaml: judge the folder by its other files
+            theirs = "unreadable"
+    results = [name for name in (*RUN_FILES[1:], "masks", "weights") if (run_dir / name).exists()]
+    if theirs is not None and theirs != our_hash:
+        raise RunFolderError(
+            f"{run_dir} holds another config's run (config {theirs}; this run is config {our_hash}); "
+            "choose another paths.run_dir, or move that folder away"
+        )
+    if theirs is None and results:
+        raise RunFolderError(
+            f"{run_dir} holds results ({', '.join(results)}) but no config.yaml or checkpoint; this run is "
+            f"config {our_hash}; choose another paths.run_dir, or move that folder away"
+        )
+
+
+def remove_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files interrupted atomic writes left in the run folder; return them."""
+    gone = [p for folder in (run_dir, run_dir / "masks", run_dir / "weights") for p in leftover_temporaries(folder)]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    if gone:
+        log.info("removed %d leftover temporary file(s): %s", len(gone), ", ".join(str(p) for p in gone))
+    return gone
+
+
+def _masks_differ(path: Path, masks: Mapping[str, torch.Tensor]) -> bool:
+    try:
+        on_disk = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return True
+    return (
+        not isinstance(on_disk, dict)
+        or on_disk.keys() != masks.keys()
+        or any(not torch.equal(on_disk[n].bool(), m.bool().cpu()) for n, m in masks.items())
+    )
+
+
+def repair(
+    run_dir: Path,
+    config_text: str,
+    epoch_rows: Sequence[dict[str, Any]],
+    round_rows: Sequence[dict[str, Any]],
+    tickets: Mapping[int, Mapping[str, torch.Tensor]],
+    last_weights: Callable[[], Mapping[str, torch.Tensor]] | None,
+) -> list[Path]:
+    """Rewrite the run's files from the checkpoint's state; return the files that cannot be rebuilt.
+
+    ``tickets`` maps each finished round to its final masks; ``last_weights`` gives the last
+    finished round's weights when the run stands at a round boundary (else None).
+    """
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file() or cfg_file.read_text() != config_text:
+        if cfg_file.is_file():
+            log.warning("%s differed from the checkpoint's config: rewritten", cfg_file)
+        atomic_write_text(cfg_file, config_text)
+    atomic_write_json(run_dir / "rounds.json", list(round_rows))
+    if epoch_rows:
+        atomic_write_text(run_dir / "metrics.csv", to_csv(epoch_rows))
+    lost = []
+    for r in range(len(round_rows)):
+        mask_file = run_dir / "masks" / f"round_{r}.pt"
+        if r in tickets:
+            if not mask_file.is_file() or _masks_differ(mask_file, tickets[r]):
+                log.warning("%s was missing or did not match the checkpoint: rebuilt", mask_file)
+                atomic_torch_save({n: m.bool().cpu() for n, m in tickets[r].items()}, mask_file)
+        elif not mask_file.is_file():
+            lost.append(mask_file)
+        weights_file = run_dir / "weights" / f"round_{r}.pt"
+        if not weights_file.is_file():
+            if r == len(round_rows) - 1 and last_weights is not None:
+                log.warning("%s was missing: rebuilt from the checkpoint", weights_file)
+                atomic_torch_save(dict(last_weights()), weights_file)
+            else:
+                lost.append(weights_file)
+    for path in lost:
+        log.warning("%s is missing and cannot be rebuilt from the checkpoint", path)
+    return lost
