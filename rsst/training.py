@@ -6,9 +6,11 @@ resolved here into a :class:`Execution`: how a batch is laid out, cast and run.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -40,20 +42,121 @@ AMP_MODES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 AMP_CHOICES = ("auto", *AMP_MODES)
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
+# Native bf16 units, as PyTorch names them (``torch.cpu.get_capabilities()``) and as /proc/cpuinfo does:
+# x86's AMX tiles and AVX-512 BF16 dot products; Arm's BF16 and SVE BF16 instructions.
+TORCH_BF16_UNITS = {"x86": ("amx_bf16", "avx512_bf16"), "arm": ("bf16", "sve_bf16")}
+CPUINFO_BF16_UNITS = {"x86": ("amx_bf16", "avx512_bf16"), "arm": ("bf16", "svebf16")}
+CPUINFO = Path("/proc/cpuinfo")
+
 
 def off_if_false(value: object) -> object:
     """A bare ``off`` in a YAML file reads as ``false``: both spellings mean ``off``."""
     return "off" if value is False else value
 
 
-def resolve_amp(name: str | bool, device: torch.device) -> torch.dtype | None:
-    """``train.amp``: ``auto`` is bf16 on a CUDA device that supports it and off elsewhere."""
+def _isa() -> str:
+    return "arm" if platform.machine().lower() in ("aarch64", "arm64") else "x86"
+
+
+def _or_list(names: Sequence[str]) -> str:
+    return " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def torch_bf16_units() -> list[str] | None:
+    """The native bf16 units PyTorch reports on this CPU ([] for none); None when this PyTorch cannot say."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:
+        return None
+    try:
+        found = capabilities()
+    except RuntimeError:  # cpuinfo could not initialise
+        return None
+    return [unit for units in TORCH_BF16_UNITS.values() for unit in units if found.get(unit) is True]
+
+
+def cpuinfo_flags(path: Path = CPUINFO) -> set[str]:
+    """The processor's feature flags (x86 ``flags``, Arm ``Features``) from /proc/cpuinfo; empty if unreadable."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def processor_name() -> str:
+    """The CPU's model: /proc/cpuinfo's ``model name`` (x86), else what PyTorch or the platform reports."""
+    try:
+        lines = CPUINFO.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return " ".join(value.split())
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)
+    return str(capabilities().get("cpu_name") or platform.processor() or platform.machine())
+
+
+def native_bf16_cpu(torch_says: bool | None = None, cpu_flags: set[str] | None = None) -> tuple[bool, str]:
+    """Whether this CPU has native bf16 units, and why (a short reason for the log).
+
+    PyTorch's own report (``torch.cpu.get_capabilities()``) decides where it exists; the
+    processor's flags in /proc/cpuinfo are the fall-back. Either answer can be injected (tests):
+    ``torch_says`` stands for PyTorch's report, ``cpu_flags`` alone for the flags (PyTorch not asked).
+    """
+    units = TORCH_BF16_UNITS[_isa()]
+    if torch_says is None and cpu_flags is None:
+        found = torch_bf16_units()
+        if found is not None:
+            if found:
+                return True, f"PyTorch reports {', '.join(found)} on this CPU"
+            return False, f"PyTorch reports no {_or_list(units)} on this CPU"
+    elif torch_says is not None:
+        if torch_says:
+            return True, "PyTorch reports native bf16 units on this CPU"
+        return False, f"PyTorch reports no {_or_list(units)} on this CPU"
+    flags = cpuinfo_flags() if cpu_flags is None else set(cpu_flags)
+    names = CPUINFO_BF16_UNITS[_isa()]
+    found = [flag for units in CPUINFO_BF16_UNITS.values() for flag in units if flag in flags]
+    if found:
+        return True, f"/proc/cpuinfo lists {', '.join(found)}"
+    if not flags:
+        return False, "neither PyTorch nor /proc/cpuinfo reports the CPU's features"
+    return False, f"/proc/cpuinfo lists no {_or_list(names)}"
+
+
+def resolve_amp_name(
+    name: str | bool, device: torch.device, native_cpu: tuple[bool, str] | None = None
+) -> tuple[str, str]:
+    """``train.amp`` as the precision a run computes in: (``bf16``, ``fp16`` or ``off``; the reason).
+
+    ``auto`` is bf16 on a CUDA device that supports it and on a CPU with native bf16 units
+    (:func:`native_bf16_cpu`, or ``native_cpu`` when given), and ``off`` (fp32) elsewhere,
+    including MPS. An explicit value is kept (a YAML ``false`` is ``off``).
+    """
     name = off_if_false(name)
-    if name == "auto":
-        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
-    if name not in AMP_MODES:
+    if name not in AMP_CHOICES:
         raise ValueError(f"train.amp={name!r} is invalid: expected one of {', '.join(AMP_CHOICES)}")
-    return AMP_MODES[name]
+    if name != "auto":
+        return str(name), "set by train.amp"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto, this CUDA device supports bf16"
+        return "off", "auto, this CUDA device does not support bf16"
+    if device.type == "cpu":
+        native, why = native_cpu if native_cpu is not None else native_bf16_cpu()
+        return ("bf16" if native else "off"), f"auto, {why}"
+    return "off", f"auto, autocast stays off on {device.type}"
+
+
+def resolve_amp(name: str | bool, device: torch.device) -> torch.dtype | None:
+    """``train.amp`` as an autocast dtype (None: fp32); see :func:`resolve_amp_name`."""
+    return AMP_MODES[resolve_amp_name(name, device)[0]]
 
 
 def resolve_channels_last(value: bool | str, device: torch.device) -> bool:
