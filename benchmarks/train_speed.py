@@ -1,7 +1,7 @@
 """Benchmark: training epochs of a seed-style loop against this project's loop, in one process.
 
-    python benchmarks/train_speed.py                 # ResNet-20, batch 128, CIFAR-shaped data
-    python benchmarks/train_speed.py --quick         # a CPU smoke run, well under a minute
+    python benchmarks/train_speed.py                 # ResNet-20, batch 128, CIFAR-shaped data, fp32 and bf16
+    python benchmarks/train_speed.py --quick         # a CPU smoke run, about a minute
     python benchmarks/train_speed.py --batch-size 512 --loops dense,imp --compile reduce-overhead
 
 Every loop trains the same architecture on the same random CIFAR-shaped uint8 data
@@ -17,21 +17,22 @@ schedule, and is timed over ``--epochs`` epochs after ``--warmup`` untimed ones:
 * ``dense``, ``imp``, ``refill``, ``rsst``: this project's loop
   (:func:`rsst.training.train_epoch`): the data on the device as uint8, cut,
   augmented and normalised there in batches; masks multiplied in place after the
-  step; the fused (CUDA) or foreach (CPU) optimiser; ``--amp``, ``--channels-last``
-  and ``--compile`` as ``train.amp``, ``train.channels_last`` and ``train.compile``;
+  step; the fused (CUDA) or foreach (CPU) optimiser; ``--channels-last`` and
+  ``--compile`` as ``train.channels_last`` and ``train.compile``; each precision of
+  ``--amp`` (``off,bf16`` by default: fp32 and bf16 autocast, as ``train.amp``) in turn;
   the RSST penalty as device tensor ops. ``imp`` keeps 80% of the weights
   (unstructured), ``refill`` 80% of each layer's channels, ``rsst`` trains with
   ``M | R`` and penalises ``M & ~R``.
 
-Prints one JSON line per loop (images/s, seconds per epoch, peak memory, device,
-settings) and a last line of ratios.
+Prints one JSON line per loop and precision (images/s, seconds per epoch, peak memory, the
+device with the processor's model and whether it has native bf16 units, settings) and a last
+line of ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
@@ -48,7 +49,16 @@ from rsst.models.cifar_resnet import resnet20, resnet56
 from rsst.optim import build_optimizer, build_scheduler
 from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune
 from rsst.pruning.regularizer import ExpCustomExponentsSchedule, RSSTPenalty
-from rsst.training import Execution, compile_model, resolve_device, train_epoch
+from rsst.training import (
+    AMP_CHOICES,
+    Execution,
+    compile_model,
+    native_bf16_cpu,
+    processor_name,
+    resolve_amp_name,
+    resolve_device,
+    train_epoch,
+)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 ARCHS = {"resnet20": resnet20, "resnet56": resnet56}
@@ -176,7 +186,9 @@ def time_epochs(run_epoch: Callable[[], None], device: torch.device, warmup: int
     return (time.perf_counter() - start) / epochs
 
 
-def bench_seed(loop: str, args: argparse.Namespace, device: torch.device, data: tuple[Tensor, Tensor]) -> float:
+def bench_seed(
+    loop: str, amp: str, args: argparse.Namespace, device: torch.device, data: tuple[Tensor, Tensor]
+) -> float:
     from torch.nn.utils import prune
 
     torch.manual_seed(0)
@@ -210,9 +222,11 @@ def bench_seed(loop: str, args: argparse.Namespace, device: torch.device, data: 
     )
 
 
-def bench_project(loop: str, args: argparse.Namespace, device: torch.device, data: tuple[Tensor, Tensor]) -> float:
+def bench_project(
+    loop: str, amp: str, args: argparse.Namespace, device: torch.device, data: tuple[Tensor, Tensor]
+) -> float:
     torch.manual_seed(0)
-    execution = Execution.from_config(args.amp, args.channels_last, device)
+    execution = Execution.from_config(amp, args.channels_last, device)
     model = execution.prepare(ARCHS[args.arch](num_classes=args.classes).to(device))
     forward = compile_model(model, args.compile)
     x, y = data
@@ -259,14 +273,16 @@ def bench_project(loop: str, args: argparse.Namespace, device: torch.device, dat
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model, thread count and whether it has native bf16 units."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    native = "native bf16" if native_bf16_cpu()[0] else "no native bf16"
+    return f"CPU ({processor_name()}, {torch.get_num_threads()} threads, {native})"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CPU smoke run: 256 images, batch 64, 1 epoch")
+    parser.add_argument("--quick", action="store_true", help="CPU smoke run: 64 images, batch 32, 1 epoch, no warm-up")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--arch", default="resnet20", choices=sorted(ARCHS))
     parser.add_argument("--images", type=int, default=10_000, help="training images per epoch")
@@ -274,14 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loop")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs first (compilation, caches)")
-    parser.add_argument("--amp", default="auto", help="train.amp of the project's loops")
+    parser.add_argument(
+        "--amp", default="off,bf16", help="train.amp values the project's loops run in, comma-separated (each in turn)"
+    )
     parser.add_argument("--channels-last", default="auto", help="train.channels_last: auto, true or false")
     parser.add_argument("--compile", default="off", help="train.compile of the project's loops")
     parser.add_argument("--seed-workers", type=int, default=None, help="DataLoader workers of the seed-style loop")
     parser.add_argument("--loops", default=",".join(SEED_LOOPS + PROJECT_LOOPS))
     args = parser.parse_args(argv)
     if args.quick:
-        args.device, args.images, args.batch_size, args.epochs, args.warmup = "cpu", 256, 64, 1, 1
+        args.device, args.images, args.batch_size, args.epochs, args.warmup = "cpu", 64, 32, 1, 0
     args.channels_last = {"true": True, "false": False}.get(str(args.channels_last).lower(), args.channels_last)
     device = resolve_device(args.device)
     if args.seed_workers is None:
@@ -290,13 +308,20 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(loops) - set(SEED_LOOPS + PROJECT_LOOPS))
     if unknown:
         parser.error(f"--loops: unknown {unknown}; choose from {', '.join(SEED_LOOPS + PROJECT_LOOPS)}")
+    amps = [name for name in args.amp.split(",") if name]
+    wrong = [name for name in amps if name not in AMP_CHOICES]
+    if wrong or not amps:
+        parser.error(f"--amp: unknown {wrong}; choose from {', '.join(AMP_CHOICES)}, comma-separated")
+    amps = list(dict.fromkeys(resolve_amp_name(name, device)[0] for name in amps))  # auto as what it resolves to
     data = random_images(args.images, args.classes)
-    execution = Execution.from_config(args.amp, args.channels_last, device)
-    results: dict[str, dict] = {}
-    for loop in loops:
+    results: dict[tuple[str, str], dict] = {}
+    runs = [(loop, "off") for loop in loops if loop in SEED_LOOPS]  # the seed-style loop is fp32 only
+    runs += [(loop, amp) for amp in amps for loop in loops if loop in PROJECT_LOOPS]
+    for loop, amp in runs:
         reset_peak(device)
-        seconds = (bench_seed if loop in SEED_LOOPS else bench_project)(loop, args, device, data)
+        seconds = (bench_seed if loop in SEED_LOOPS else bench_project)(loop, amp, args, device, data)
         seed_style = loop in SEED_LOOPS
+        execution = Execution.from_config(amp, args.channels_last, device)
         row = {
             "loop": loop,
             "arch": args.arch,
@@ -309,27 +334,50 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "images": args.images,
             "epochs": args.epochs,
-            "amp": "off" if seed_style or execution.amp is None else str(execution.amp).removeprefix("torch."),
+            "amp": amp,
             "channels_last": False if seed_style else execution.channels_last,
             "compile": "off" if seed_style else args.compile,
             "data": f"DataLoader, {args.seed_workers} workers, per-sample transforms" if seed_style else "device",
             "torch": torch.__version__,
         }
-        results[loop] = row
+        results[(loop, amp)] = row
         print(json.dumps(row), flush=True)
     print(json.dumps({"ratios": ratios(results)}), flush=True)
     return 0
 
 
-def ratios(results: dict[str, dict]) -> dict[str, float]:
-    """Speed-ups as images/s ratios (> 1: faster), overheads as epoch-time ratios (> 1: slower)."""
+def ratios(results: dict[tuple[str, str], dict]) -> dict[str, float]:
+    """Speed-ups as images/s ratios (> 1: faster), overheads as epoch-time ratios (> 1: slower).
+
+    Keys without a precision compare the project's loops in the first precision of ``--amp``
+    (fp32 by default); ``<key>_<amp>`` the same in each further one, and ``<loop>_<amp>_vs_<first>``
+    a loop's speed in that precision against the first.
+    """
     out = {}
+    amps = list(dict.fromkeys(amp for loop, amp in results if loop in PROJECT_LOOPS))
+    for i, amp in enumerate(amps):
+        suffix = "" if i == 0 else f"_{amp}"
+        for key, value in ratios_at(results, amp).items():
+            if i == 0 or not key.startswith("seed_"):  # seed-style against itself: fp32 only
+                out[key + suffix] = value
+        if i > 0:
+            for loop in PROJECT_LOOPS:
+                a, b = results.get((loop, amp)), results.get((loop, amps[0]))
+                if a and b:
+                    out[f"{loop}_{amp}_vs_{amps[0]}"] = round(a["images_per_s"] / b["images_per_s"], 3)
+    return out
+
+
+def ratios_at(results: dict[tuple[str, str], dict], amp: str) -> dict[str, float]:
+    """The ratios of one precision of the project's loops (the seed-style loops are fp32)."""
+    out = {}
+    rows = {loop: row for (loop, a), row in results.items() if a == ("off" if loop in SEED_LOOPS else amp)}
 
     def speed(a: str, b: str) -> float:
-        return round(results[a]["images_per_s"] / results[b]["images_per_s"], 3)
+        return round(rows[a]["images_per_s"] / rows[b]["images_per_s"], 3)
 
     def cost(a: str, b: str) -> float:
-        return round(results[a]["seconds_per_epoch"] / results[b]["seconds_per_epoch"], 3)
+        return round(rows[a]["seconds_per_epoch"] / rows[b]["seconds_per_epoch"], 3)
 
     pairs = {
         "imp_speedup_vs_seed_imp": ("imp", "seed_imp", speed),
@@ -340,7 +388,7 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
         "seed_rsst_epoch_vs_seed_imp_epoch": ("seed_rsst", "seed_imp", cost),
     }
     for key, (a, b, f) in pairs.items():
-        if a in results and b in results:
+        if a in rows and b in rows:
             out[key] = f(a, b)
     return out
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rsst.training import AMP_CHOICES, COMPILE_MODES, off_if_false
 
 REWIND_MODES = ("init", "epoch", "pretrained")
+CONTROLS = ("reinit", "shuffle_layerwise")
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,11 @@ CHECKS: list[Check] = [
         "prune.rate_output",
         lambda v: v is None or (_is_num(v) and 0 < v < 1),
         "null or a number in (0, 1): the rate of the classifier",
+    ),
+    (
+        "prune.controls",
+        lambda v: isinstance(v, list) and all(c in CONTROLS for c in v) and len(set(v)) == len(v),
+        f"a list of distinct controls from {', '.join(CONTROLS)}, e.g. [reinit,shuffle_layerwise]",
     ),
     ("prune.rewind", lambda v: v in REWIND_MODES, f"one of {', '.join(REWIND_MODES)}"),
     ("prune.rewind_epoch", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),

@@ -6,6 +6,7 @@ last finished epoch, and a finished run reports its result without training.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -30,11 +31,13 @@ from rsst.models.size import is_channel_wise, structured_size
 from rsst.optim import build_optimizer, build_scheduler
 from rsst.preemption import GracefulStop, graceful_stop
 from rsst.pretrained import load_pretrained
+from rsst.pruning.controls import control_seed, shuffle_layerwise
 from rsst.pruning.masks import Masks, apply_masks_
 from rsst.pruning.regularizer import penalised_norm
 from rsst.pruning.strategies import Penalty, PruneContext, RoundPlan, Strategy, imp_equivalent_density
 from rsst.rundir import config_hash, hashed_config, run_directory
 from rsst.runfolder import refuse_foreign, remove_temporaries, repair
+from rsst.seeds import derive_seed
 from rsst.tracking import format_table
 from rsst.training import Execution, compile_model, evaluate, resolve_amp_name, resolve_device, train_epoch
 
@@ -42,10 +45,12 @@ log = logging.getLogger("rsst")
 
 ROUND_COLUMNS = (
     "round",
+    "branch",
     "remain_weight",
     "channel_sparsity",
     "best_val_acc",
     "test_acc",
+    "trained_test_acc",
     "final_test_acc",
     "reg_lambda",
     "penalised_norm_start",
@@ -56,8 +61,11 @@ ROUND_COLUMNS = (
 
 
 def epoch_seed(seed: int, round_: int, epoch: int) -> int:
-    """The data-order seed of one epoch: a pure function, so a resumed epoch replays exactly."""
-    return (seed << 32) + (round_ << 16) + epoch
+    """The data-order seed of one epoch: a pure function, so a resumed epoch replays exactly.
+
+    Hashed into 32 bits (:func:`rsst.seeds.derive_seed`): each run seed has its own data order.
+    """
+    return derive_seed("epoch", seed, round_, epoch)
 
 
 def seed_everything(seed: int) -> None:
@@ -76,13 +84,9 @@ class RoundLoop:
         seed_everything(cfg.seed)
         self.strategy: Strategy = build(cfg.struct, "struct")
         self.data = build(cfg.dataset, "dataset")
-        factory = build(cfg.arch, "arch")
+        self.factory = build(cfg.arch, "arch")
         self.execution = Execution.from_config(cfg.train.amp, cfg.train.channels_last, self.device)
-        self.model: nn.Module = self.execution.prepare(
-            factory(
-                num_classes=self.data.num_classes, in_channels=self.data.in_channels, image_size=self.data.image_size
-            ).to(self.device)
-        )
+        self.model: nn.Module = self.execution.prepare(self.new_model().to(self.device))
         self.forward = compile_model(self.model, cfg.train.compile)  # compiled once; shares self.model's tensors
         self.tracker = build(cfg.logger, "logger")
         self.weights = prunable_weights(self.model, cfg.prune.include_stem, cfg.prune.include_fc)
@@ -93,6 +97,9 @@ class RoundLoop:
         self.plan: RoundPlan | None = None
         self.ticket: Masks | None = None  # the final masks of the last finished round
         self.tickets: dict[int, dict[str, torch.Tensor]] = {}  # every finished round's final masks (bool)
+        self.branch: str | None = None  # the control being trained (on round ``self.round - 1``'s ticket)
+        self.pending: list[str] = []  # controls still to train for the last finished round
+        self.trunk_weights: dict[str, torch.Tensor] | None = None  # the ticket's weights while controls train
         self.theta_0 = clone_state(self.model)
         self.theta_rewind: dict[str, torch.Tensor] | None = None
         self.epoch_rows: list[dict[str, Any]] = []
@@ -102,6 +109,15 @@ class RoundLoop:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.penalty: Penalty | None = None  # rebuilt from the plan; its state_dict(), if any, is checkpointed
+
+    def new_model(self) -> nn.Module:
+        data = self.data
+        return self.factory(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
+
+    @property
+    def current_round(self) -> int:
+        """The round whose masks are being trained: a control trains on the last finished round's ticket."""
+        return self.round - 1 if self.branch is not None else self.round
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -142,6 +158,9 @@ class RoundLoop:
             "penalty": self.penalty.state_dict() if hasattr(self.penalty, "state_dict") else None,
             "ticket": None if self.ticket is None else dict(self.ticket),
             "tickets": self.tickets,
+            "branch": self.branch,
+            "pending": self.pending,
+            "trunk_weights": self.trunk_weights,
             "model": self.model.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
@@ -158,6 +177,8 @@ class RoundLoop:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.round, self.epoch = state["round"], state["epoch"]
+        self.branch, self.pending = state.get("branch"), list(state.get("pending", []))
+        self.trunk_weights = state.get("trunk_weights")
         self.model.load_state_dict(state["model"])
         plan = state["plan"]
         if plan is not None:
@@ -170,7 +191,8 @@ class RoundLoop:
             self.new_optimizer()
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.new_penalty()
+            if self.branch is None:
+                self.new_penalty()
             if state.get("penalty") is not None:
                 self.penalty.load_state_dict(state["penalty"])
         if self.execution.scaler is not None and state.get("scaler"):  # fp16: resume at the scale reached
@@ -251,7 +273,7 @@ class RoundLoop:
         self.new_penalty()
 
     def run_epoch(self) -> None:
-        r, e, cfg = self.round, self.epoch, self.cfg
+        r, e, cfg = self.current_round, self.epoch, self.cfg
         assert self.plan is not None and self.optimizer is not None and self.scheduler is not None
         start = time.perf_counter()
         total = self.data.num_batches("train", cfg.train.batch_size)
@@ -259,7 +281,7 @@ class RoundLoop:
             self.penalty.start_epoch(e)
         with tqdm(
             total=total,
-            desc=f"round {r} epoch {e + 1}/{cfg.train.epochs}",
+            desc=f"round {r}{f' {self.branch}' if self.branch else ''} epoch {e + 1}/{cfg.train.epochs}",
             leave=False,
             disable=not cfg.progress,
             dynamic_ncols=True,
@@ -277,20 +299,46 @@ class RoundLoop:
             )
         row = {
             "round": r,
+            **({} if self.branch is None else {"branch": self.branch}),
             "epoch": e,
             "lr": self.optimizer.param_groups[0]["lr"],
             **stats,
             "val_acc": self.evaluate("val"),
             "test_acc": self.evaluate("test"),
             "remain_weight": 100.0 * self.plan.train.density(),
+            **self.evaluate_ticket(),
             **({} if self.penalty is None else self.penalty.metrics()),
         }
         self.round_seconds += time.perf_counter() - start
         row["seconds"] = self.round_seconds
         self.epoch_rows.append(row)
         self.epoch = e + 1
-        if r == 0 and cfg.prune.rewind == "epoch" and self.epoch == cfg.prune.rewind_epoch:
+        if r == 0 and self.branch is None and cfg.prune.rewind == "epoch" and self.epoch == cfg.prune.rewind_epoch:
             self.theta_rewind = clone_state(self.model)
+
+    def evaluate_ticket(self) -> dict[str, Any]:
+        """RSST and ADMM train a denser mask than their ticket: evaluate the ticket itself as well.
+
+        The ticket is the trained weights times the mask the round would end with now
+        (``strategy.final_masks``); the weights are restored exactly afterwards. ``ticket_mask``
+        fingerprints that mask, so the round's best epoch is chosen among evaluations of the
+        mask it really ends with (ADMM's support can move between epochs).
+        """
+        assert self.plan is not None
+        if self.branch is not None:
+            return {}
+        final = self.strategy.final_masks(self.plan, self.penalty)
+        if final.equal(self.plan.train):
+            return {}
+        weights = list(self.weights.values())
+        kept = [w.detach().clone() for w in weights]
+        apply_masks_(weights, [final[n] for n in self.names])
+        try:
+            val, test = self.evaluate("val"), self.evaluate("test")
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(weights, kept)
+        return {"ticket_val_acc": val, "ticket_test_acc": test, "ticket_mask": fingerprint(final)}
 
     def evaluate(self, split: str) -> float:
         batches = self.data.batches(split, self.cfg.train.eval_batch_size, self.device)
@@ -301,8 +349,11 @@ class RoundLoop:
         assert self.plan is not None
         r, plan = self.round, self.plan
         final = self.strategy.final_masks(plan, self.penalty)
-        rows = [row for row in self.epoch_rows if row["round"] == r]
-        best = max(rows, key=lambda row: row["val_acc"])  # first epoch with the best val accuracy
+        rows = [row for row in self.epoch_rows if row["round"] == r and "branch" not in row]
+        trained = max(rows, key=lambda row: row["val_acc"])  # first epoch with the best val accuracy
+        mark = fingerprint(final)  # the ticket's own best epoch, among evaluations of exactly this mask
+        ticket_rows = [row for row in rows if row.get("ticket_mask") == mark] or rows[-1:]
+        best = max(ticket_rows, key=lambda row: row.get("ticket_val_acc", row["val_acc"]))
         penalised = {}
         if plan.penalised is not None:  # measured before the switch to the final mask zeroes P_r
             assert self.theta_rewind is not None
@@ -316,9 +367,12 @@ class RoundLoop:
             "round": r,
             "remain_weight": 100.0 * final.density(),
             "channel_sparsity": 100.0 * final.channel_sparsity(),
-            "best_val_acc": best["val_acc"],
+            "best_val_acc": best.get("ticket_val_acc", best["val_acc"]),
             "best_epoch": best["epoch"],
-            "test_acc": best["test_acc"],
+            "test_acc": best.get("ticket_test_acc", best["test_acc"]),
+            "trained_best_val_acc": trained["val_acc"],
+            "trained_best_epoch": trained["epoch"],
+            "trained_test_acc": trained["test_acc"],
             "final_test_acc": self.evaluate("test") if not final.equal(plan.train) else rows[-1]["test_acc"],
             **penalised,
             "epochs": len(rows),
@@ -334,7 +388,69 @@ class RoundLoop:
         self.ticket = final
         self.round, self.epoch, self.plan = r + 1, 0, None
         self.optimizer = self.scheduler = self.penalty = None
+        if r >= 1 and self.cfg.prune.controls:
+            self.pending = list(self.cfg.prune.controls)
+            self.trunk_weights = clone_state(self.model)
         return record
+
+    # -- lottery-ticket controls (rsst/pruning/controls.py) --------------------------------------------
+
+    def begin_control(self) -> None:
+        """Start the next pending control of the last finished round: its mask, its initial weights."""
+        assert self.ticket is not None and self.theta_rewind is not None and self.pending
+        name, r = self.pending[0], self.round - 1
+        gen = torch.Generator().manual_seed(control_seed(self.cfg.seed, r, name))
+        if name == "reinit":  # the ticket's mask from a fresh random initialisation (BN included)
+            mask = self.ticket.clone()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+                self.model.load_state_dict(self.new_model().state_dict())
+        else:  # shuffle_layerwise: a random mask with the ticket's per-layer counts, from the rewind point
+            mask = shuffle_layerwise(self.ticket, gen).to(self.device)
+            self.model.load_state_dict(self.theta_rewind)
+        self.branch, self.plan = name, RoundPlan(train=mask, final=mask)
+        apply_masks_(self.weights.values(), [mask[n] for n in self.names])
+        self.epoch, self.round_seconds = 0, 0.0
+        self.new_optimizer()
+        self.penalty = None
+
+    def end_control(self) -> dict[str, Any]:
+        """Record the control's row beside its ticket's; after the last control, restore the ticket's weights."""
+        assert self.plan is not None and self.branch is not None
+        r, name, mask = self.round - 1, self.branch, self.plan.train
+        rows = [row for row in self.epoch_rows if row["round"] == r and row.get("branch") == name]
+        best = max(rows, key=lambda row: row["val_acc"])
+        record = {
+            "round": r,
+            "branch": name,
+            "remain_weight": 100.0 * mask.density(),
+            "channel_sparsity": 100.0 * mask.channel_sparsity(),
+            "best_val_acc": best["val_acc"],
+            "best_epoch": best["epoch"],
+            "test_acc": best["test_acc"],
+            "final_test_acc": rows[-1]["test_acc"],
+            "epochs": len(rows),
+            "seconds": round(self.round_seconds, 3),
+        }
+        mask.save(self.run_dir / "masks" / f"round_{r}_{name}.pt")
+        self.round_rows.append(record)
+        self.pending.pop(0)
+        self.branch, self.epoch, self.plan = None, 0, None
+        self.optimizer = self.scheduler = None
+        if not self.pending:
+            assert self.trunk_weights is not None
+            self.model.load_state_dict(self.trunk_weights)
+            self.trunk_weights = None
+        return record
+
+
+def fingerprint(masks: Masks) -> str:
+    """A short digest of a mask set: equal masks, equal digests."""
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        digest.update(name.encode())
+        digest.update(masks[name].detach().bool().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def resolve_precision(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
@@ -384,27 +500,35 @@ def _run(loop: RoundLoop, pretrained: dict[str, torch.Tensor] | None, precision:
         refuse_foreign(run_dir, loop.hash)
         loop.fresh_start(pretrained)
         log.info("new run in %s", run_dir)
-    at_boundary = resumed and loop.plan is None and loop.round > 0
+    last_weights = None  # the last finished round's weights, where the checkpoint holds them
+    if loop.trunk_weights is not None:  # controls are training: the ticket's weights are kept aside
+        last_weights = loop.trunk_weights
+    elif resumed and loop.plan is None and loop.round > 0:  # at a round boundary: the model holds them
+        last_weights = loop.model.state_dict()
     repair(
         run_dir,
         OmegaConf.to_yaml(cfg, resolve=True),
         loop.epoch_rows,
         loop.round_rows,
         loop.tickets,
-        (lambda: loop.model.state_dict()) if at_boundary else None,
+        None if last_weights is None else (lambda: last_weights),
     )
     provenance.record_start(run_dir, loop.device, resumed, {"precision": precision, "config_hash": loop.hash})
     rounds = cfg.prune.rounds
-    if loop.round < rounds:  # a finished run only reports; it opens no logger
+    if loop.round < rounds or loop.pending:  # a finished run only reports; it opens no logger
         logged = (len(loop.epoch_rows), len(loop.round_rows))
         loop.tracker_id = loop.tracker.start(run_dir, hashed_config(cfg), loop.tracker_id, logged)
     with graceful_stop() as stop:
         try:
-            while loop.round < rounds:
-                _train_round(loop, stop)
+            while loop.round < rounds or loop.pending:
+                if loop.pending:
+                    _train_control(loop, stop)
+                else:
+                    _train_round(loop, stop)
         finally:
             loop.tracker.finish()
-    log.info("finished %s\n%s", run_dir, format_table(loop.round_rows, ROUND_COLUMNS))
+    columns = [c for c in ROUND_COLUMNS if any(c in row for row in loop.round_rows)]
+    log.info("finished %s\n%s", run_dir, format_table(loop.round_rows, columns))
     return {"run_dir": str(run_dir), "config_hash": loop.hash, "rounds": loop.round_rows}
 
 
@@ -413,12 +537,7 @@ def _train_round(loop: RoundLoop, stop: GracefulStop | None) -> None:
     if loop.plan is None:
         loop.begin_round()
         loop.save()
-    while loop.epoch < loop.cfg.train.epochs:
-        loop.run_epoch()
-        loop.save()
-        loop.tracker.log_epochs(loop.epoch_rows)
-        if stop is not None:
-            stop.check()
+    _train_epochs(loop, stop)
     record = loop.end_round()
     loop.save()
     kill_point(f"round_saved:{record['round']}")
@@ -444,10 +563,43 @@ def _train_round(loop: RoundLoop, stop: GracefulStop | None) -> None:
         )
 
 
+def _train_epochs(loop: RoundLoop, stop: GracefulStop | None) -> None:
+    """The remaining epochs of the current round or control, saving after each."""
+    while loop.epoch < loop.cfg.train.epochs:
+        loop.run_epoch()
+        loop.save()
+        kill_point(f"epoch_saved:{loop.current_round}:{loop.branch or 'ticket'}:{loop.epoch - 1}")
+        loop.tracker.log_epochs(loop.epoch_rows)
+        if stop is not None:
+            stop.check()
+
+
+def _train_control(loop: RoundLoop, stop: GracefulStop | None) -> None:
+    """Train the next pending control of the last finished round and record it beside the ticket."""
+    if loop.plan is None:
+        loop.begin_control()
+        loop.save()
+    _train_epochs(loop, stop)
+    record = loop.end_control()
+    loop.save()
+    loop.tracker.log_rounds(loop.round_rows)
+    log.info(
+        "round %d %s control: %.2f%% weights remain, best val %.2f%%, test %.2f%% (epoch %d), %.1fs",
+        record["round"],
+        record["branch"],
+        record["remain_weight"],
+        record["best_val_acc"],
+        record["test_acc"],
+        record["best_epoch"],
+        record["seconds"],
+    )
+
+
 def kill_point(name: str) -> None:
     """Where the tests reproduce a node dying: ``RSST_KILL_AT=<name>`` kills the process here (SIGKILL).
 
-    ``round_saved:<r>``: after round ``r``'s checkpoint is saved, before ``rounds.json`` is written.
+    ``round_saved:<r>``: after round ``r``'s checkpoint is saved, before ``rounds.json`` is written;
+    ``epoch_saved:<r>:<branch>:<e>``: after epoch ``e`` of round ``r`` (``ticket`` or a control) is saved.
     """
     if os.environ.get("RSST_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)

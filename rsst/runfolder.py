@@ -93,7 +93,8 @@ def repair(
     if epoch_rows:
         atomic_write_text(run_dir / "metrics.csv", to_csv(epoch_rows))
     lost = []
-    for r in range(len(round_rows)):
+    done = sum(1 for row in round_rows if "branch" not in row)  # the tickets' rows; controls carry a branch
+    for r in range(done):
         mask_file = run_dir / "masks" / f"round_{r}.pt"
         if r in tickets:
             if not mask_file.is_file() or _masks_differ(mask_file, tickets[r]):
@@ -103,7 +104,7 @@ def repair(
             lost.append(mask_file)
         weights_file = run_dir / "weights" / f"round_{r}.pt"
         if not weights_file.is_file():
-            if r == len(round_rows) - 1 and last_weights is not None:
+            if r == done - 1 and last_weights is not None:
                 log.warning("%s was missing: rebuilt from the checkpoint", weights_file)
                 atomic_torch_save(dict(last_weights()), weights_file)
             else:

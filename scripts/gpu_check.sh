@@ -32,7 +32,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 python3 -m pytest -q -p no:cacheprovider -rs \
     tests/test_execution.py::test_the_rsst_hot_loop_never_synchronises_with_the_gpu \
     tests/test_regularizer.py::test_penalty_step_does_not_synchronise_with_the_gpu 2>&1 | tee "$out/tests.txt" || true
-bench() { python3 benchmarks/train_speed.py "$@" | tee -a "$out/bench.jsonl"; }
+bench() { python3 benchmarks/train_speed.py --amp bf16 "$@" | tee -a "$out/bench.jsonl"; }
 bench --images 20000 --epochs 2
 bench --images 20000 --epochs 2 --loops dense,imp,refill,rsst --compile reduce-overhead
 bench --images 50000 --epochs 2 --batch-size 512 --loops dense,imp --compile reduce-overhead

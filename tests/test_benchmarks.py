@@ -1,7 +1,8 @@
-"""The training-speed benchmark's quick mode runs on the CPU and prints its figures as JSON lines."""
+"""The benchmarks' quick modes run on the CPU and print their figures as JSON lines (and a table)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +10,9 @@ import sys
 
 import pytest
 from helpers import ROOT
+
+from rsst.data.fashion_mnist import SYSTEM_ROOT
+from rsst.training import native_bf16_cpu
 
 FIELDS = {
     "loop",
@@ -29,10 +33,19 @@ FIELDS = {
     "torch",
 }
 LOOPS = ["seed_imp", "seed_rsst", "dense", "imp", "refill", "rsst"]
+PROJECT = ["dense", "imp", "refill", "rsst"]
+RATIOS = {
+    "imp_speedup_vs_seed_imp",
+    "rsst_speedup_vs_seed_rsst",
+    "rsst_epoch_vs_imp_epoch",
+    "imp_epoch_vs_dense_epoch",
+    "refill_epoch_vs_dense_epoch",
+    "seed_rsst_epoch_vs_seed_imp_epoch",
+}
 
 
 @pytest.mark.slow
-def test_quick_mode_prints_one_json_line_per_loop_and_the_ratios():
+def test_quick_mode_prints_one_json_line_per_loop_and_precision_and_the_ratios():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "benchmarks/train_speed.py", "--quick"],
@@ -40,31 +53,111 @@ def test_quick_mode_prints_one_json_line_per_loop_and_the_ratios():
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     rows, last = lines[:-1], lines[-1]
-    assert [row["loop"] for row in rows] == LOOPS
+    # the seed-style loops once (fp32), the project's loops in fp32 and then in bf16
+    assert [(row["loop"], row["amp"]) for row in rows] == [
+        *((loop, "off") for loop in LOOPS),
+        *((loop, "bf16") for loop in PROJECT),
+    ]
+    native = "native bf16" if native_bf16_cpu()[0] else "no native bf16"
     for row in rows:
         assert set(row) == FIELDS
         assert row["images_per_s"] > 0 and row["seconds_per_epoch"] > 0
         assert row["images_per_s"] == pytest.approx(row["images"] / row["seconds_per_epoch"], rel=0.01)
-        assert row["device"].startswith("CPU") and row["peak_memory_mib"] is None
-        assert (row["batch_size"], row["images"], row["epochs"]) == (64, 256, 1)
+        assert row["device"].startswith("CPU (") and row["device"].endswith(f" threads, {native})")
+        assert row["peak_memory_mib"] is None
+        assert (row["batch_size"], row["images"], row["epochs"]) == (32, 64, 1)
     assert rows[0]["data"].startswith("DataLoader") and rows[2]["data"] == "device"
     ratios = last["ratios"]
-    assert set(ratios) == {
-        "imp_speedup_vs_seed_imp",
-        "rsst_speedup_vs_seed_rsst",
-        "rsst_epoch_vs_imp_epoch",
-        "imp_epoch_vs_dense_epoch",
-        "refill_epoch_vs_dense_epoch",
-        "seed_rsst_epoch_vs_seed_imp_epoch",
-    }
-    by_loop = {row["loop"]: row for row in rows}
-    expect = by_loop["imp"]["images_per_s"] / by_loop["seed_imp"]["images_per_s"]
+    bf16_keys = {f"{k}_bf16" for k in RATIOS if not k.startswith("seed_")} | {f"{p}_bf16_vs_off" for p in PROJECT}
+    assert set(ratios) == RATIOS | bf16_keys
+    by_key = {(row["loop"], row["amp"]): row for row in rows}
+    expect = by_key[("imp", "off")]["images_per_s"] / by_key[("seed_imp", "off")]["images_per_s"]
     assert ratios["imp_speedup_vs_seed_imp"] == pytest.approx(expect, abs=0.002)
+    expect = by_key[("imp", "bf16")]["images_per_s"] / by_key[("seed_imp", "off")]["images_per_s"]
+    assert ratios["imp_speedup_vs_seed_imp_bf16"] == pytest.approx(expect, abs=0.002)
+    expect = by_key[("rsst", "bf16")]["images_per_s"] / by_key[("rsst", "off")]["images_per_s"]
+    assert ratios["rsst_bf16_vs_off"] == pytest.approx(expect, abs=0.002)
+
+
+def test_an_unknown_precision_is_refused_with_the_choices():
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/train_speed.py", "--quick", "--amp", "off,fp8"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--amp: unknown ['fp8']; choose from auto, bf16, fp16, off, comma-separated" in proc.stderr
+
+
+def load_parity():
+    spec = importlib.util.spec_from_file_location("bf16_parity", ROOT / "benchmarks" / "bf16_parity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_parity_summary_calls_a_difference_within_the_spread_only_up_to_the_larger_std():
+    parity = load_parity()
+
+    def runs(fp32: list[float], bf16: list[float]) -> list[dict]:
+        return [
+            {"precision": p, "seed": s, "test_acc": {"0": acc, "1": acc - 1.0}, "wall_seconds": 10.0}
+            for p, accs in (("fp32", fp32), ("bf16", bf16))
+            for s, acc in enumerate(accs)
+        ]
+
+    close = parity.summarise(runs([80.0, 82.0, 84.0], [81.0, 83.0, 85.5]))  # std 2.0 and 2.25, diff +1.17
+    assert close["rounds"]["0"]["fp32"] == {"mean": 82.0, "std": 2.0, "n": 3}
+    assert close["rounds"]["0"]["bf16_minus_fp32"] == pytest.approx(1.17, abs=0.01)
+    assert close["rounds"]["0"]["within_seed_spread"] is True
+    assert close["wall_seconds"] == {"fp32": 30.0, "bf16": 30.0}
+    far = parity.summarise(runs([80.0, 82.0, 84.0], [84.0, 85.0, 86.0]))  # std 2.0 and 1.0, diff +3.0
+    assert far["rounds"]["1"]["bf16_minus_fp32"] == pytest.approx(3.0)
+    assert far["rounds"]["1"]["within_seed_spread"] is False
+    one = parity.summarise(runs([80.0], [79.0]))
+    assert one["rounds"]["0"]["fp32"]["std"] is None and one["rounds"]["0"]["within_seed_spread"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SYSTEM_ROOT.is_dir(), reason=f"{SYSTEM_ROOT} absent: apt-get install dataset-fashion-mnist")
+def test_parity_quick_mode_trains_both_precisions_on_fashion_mnist_and_prints_the_table(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bf16_parity.py", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    runs, last = lines[:-1], lines[-1]
+    assert [(r["precision"], r["seed"]) for r in runs] == [("fp32", 0), ("bf16", 0)]
+    for run in runs:
+        assert set(run["test_acc"]) == {"0", "1"} and all(0.0 <= a <= 100.0 for a in run["test_acc"].values())
+        assert run["remain_weight"]["1"] == pytest.approx(80.0, abs=0.01)
+        assert run["wall_seconds"] >= run["train_seconds"] > 0
+        assert run["run_dir"].startswith("imp_fashionmnist_resnet20_s0_")
+    fp32, bf16 = runs
+    assert (tmp_path / "fp32_s0" / fp32["run_dir"] / "rounds.json").is_file()
+    assert (tmp_path / "bf16_s0" / bf16["run_dir"] / "rounds.json").is_file()
+    assert fp32["run_dir"] != bf16["run_dir"]  # the precision is part of the run's identity
+    summary, settings = last["summary"], last["settings"]
+    for rnd in ("0", "1"):
+        row = summary["rounds"][rnd]
+        assert row["fp32"] == {"mean": round(fp32["test_acc"][rnd], 2), "std": None, "n": 1}
+        assert row["bf16_minus_fp32"] == pytest.approx(bf16["test_acc"][rnd] - fp32["test_acc"][rnd], abs=0.011)
+    assert (settings["train_subset"], settings["epochs"], settings["width"], settings["seeds"]) == (128, 1, 4, 1)
+    assert settings["native_bf16"] is native_bf16_cpu()[0]
+    assert f"| dense (round 0) | bf16 | {bf16['test_acc']['0']:.2f} |" in proc.stdout
 
 
 def test_an_unknown_loop_is_refused_with_the_choices():
