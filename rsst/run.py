@@ -351,9 +351,12 @@ class RoundLoop:
         final = self.strategy.final_masks(plan, self.penalty)
         rows = [row for row in self.epoch_rows if row["round"] == r and "branch" not in row]
         trained = max(rows, key=lambda row: row["val_acc"])  # first epoch with the best val accuracy
-        mark = fingerprint(final)  # the ticket's own best epoch, among evaluations of exactly this mask
-        ticket_rows = [row for row in rows if row.get("ticket_mask") == mark] or rows[-1:]
-        best = max(ticket_rows, key=lambda row: row.get("ticket_val_acc", row["val_acc"]))
+        if final.equal(plan.train):  # the trained network is the ticket (IMP, Refill, a retrain)
+            best = trained
+        else:  # the ticket's own best epoch, among the evaluations of exactly this mask
+            mark = fingerprint(final)
+            ticket_rows = [row for row in rows if row.get("ticket_mask") == mark] or rows[-1:]
+            best = max(ticket_rows, key=lambda row: row.get("ticket_val_acc", row["val_acc"]))
         penalised = {}
         if plan.penalised is not None:  # measured before the switch to the final mask zeroes P_r
             assert self.theta_rewind is not None
@@ -367,9 +370,9 @@ class RoundLoop:
             "round": r,
             "remain_weight": 100.0 * final.density(),
             "channel_sparsity": 100.0 * final.channel_sparsity(),
-            "best_val_acc": best.get("ticket_val_acc", best["val_acc"]),
+            "best_val_acc": best["val_acc"] if best is trained else best.get("ticket_val_acc", best["val_acc"]),
             "best_epoch": best["epoch"],
-            "test_acc": best.get("ticket_test_acc", best["test_acc"]),
+            "test_acc": best["test_acc"] if best is trained else best.get("ticket_test_acc", best["test_acc"]),
             "trained_best_val_acc": trained["val_acc"],
             "trained_best_epoch": trained["epoch"],
             "trained_test_acc": trained["test_acc"],

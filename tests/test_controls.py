@@ -18,7 +18,7 @@ from rsst.pruning.masks import Masks
 from rsst.run import RoundLoop, epoch_seed, resolve_precision
 from rsst.training import evaluate
 
-CONTROLLED = [*FAST, "struct=imp", "prune.rounds=2", "prune.controls=[reinit,shuffle_layerwise]"]
+CONTROLLED = [*FAST, "struct=imp", "prune.rounds=2", "train.epochs=3", "prune.controls=[reinit,shuffle_layerwise]"]
 
 
 def comparable(rows: list[dict]) -> list[dict]:
@@ -146,6 +146,18 @@ def test_a_run_with_controls_records_each_control_beside_its_ticket(controlled):
     final = torch.load(controlled / "checkpoint.pt", weights_only=True)["model"]
     weights = torch.load(controlled / "weights" / "round_1.pt", weights_only=True)
     assert all(torch.equal(final[k], v) for k, v in weights.items())
+
+
+@pytest.mark.slow
+def test_each_row_reports_the_first_best_validation_epoch_of_its_network(controlled):
+    with open(controlled / "metrics.csv") as f:
+        epochs = list(csv.DictReader(f))
+    for row in read_rounds(controlled):
+        mine = [e for e in epochs if int(e["round"]) == row["round"] and e.get("branch", "") == row.get("branch", "")]
+        best = max(mine, key=lambda e: float(e["val_acc"]))  # the first epoch with the best val accuracy
+        assert (row["best_epoch"], row["test_acc"]) == (int(best["epoch"]), float(best["test_acc"]))
+        if "branch" not in row:  # IMP: the trained network is the ticket
+            assert (row["trained_best_epoch"], row["trained_test_acc"]) == (row["best_epoch"], row["test_acc"])
 
 
 @pytest.mark.slow

@@ -278,7 +278,7 @@ def test_an_exported_file_with_a_code_payload_is_refused_and_never_runs(tmp_path
 
 
 def test_python_m_rsst_export_runs_without_a_runpy_warning():
-    """``rsst`` imports its loop lazily, so ``-m rsst.export`` is not imported twice (runpy's RuntimeWarning)."""
+    """The loop never imports ``rsst.export``, so ``-m rsst.export`` is not imported twice (runpy's warning)."""
     result = subprocess.run(
         [sys.executable, "-W", "error::RuntimeWarning", "-m", "rsst.export", "--help"],
         cwd=ROOT,

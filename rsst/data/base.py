@@ -177,13 +177,7 @@ class TensorDataModule:
         It yields the same normalised CPU batches as :meth:`batches` for the same seed:
         shuffled (and augmented, for train) when ``seed`` is given, in file order otherwise.
         """
-        return DataLoader(
-            self.epoch(split, batch_size, seed),
-            batch_size=None,
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-        )
+        return batch_loader(self.epoch(split, batch_size, seed), self.num_workers, self.pin_memory)
 
     def batches(
         self,
@@ -238,6 +232,17 @@ class EpochBatches(Dataset):
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return (self[b] for b in range(len(self)))
+
+
+def batch_loader(batches: Dataset, num_workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader whose items are whole batches (``batches[b]`` is batch ``b``), in order."""
+    return DataLoader(
+        batches,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+    )
 
 
 def loader_for(data_bytes: int, free_bytes: int) -> str:

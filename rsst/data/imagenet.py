@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as F  # imported here, so that forked workers inherit it
 
-from rsst.data.base import LOADERS, SPLITS, check_subsets, normalise
+from rsst.data.base import LOADERS, SPLITS, batch_loader, check_subsets, normalise
 from rsst.data.files import CorruptDatasetError, DatasetNotFoundError, check_count, check_sizes
 
 log = logging.getLogger(__name__)
@@ -408,13 +408,7 @@ class ImageNet:
 
     def loader(self, split: str, batch_size: int, seed: int | None = None) -> DataLoader:
         """A DataLoader over :meth:`epoch` with ``num_workers`` workers, each decoding whole batches."""
-        return DataLoader(
-            self.epoch(split, batch_size, seed),
-            batch_size=None,
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-        )
+        return batch_loader(self.epoch(split, batch_size, seed), self.num_workers, self.pin_memory)
 
     def batches(
         self,
