@@ -351,12 +351,11 @@ class RoundLoop:
         final = self.strategy.final_masks(plan, self.penalty)
         rows = [row for row in self.epoch_rows if row["round"] == r and "branch" not in row]
         trained = max(rows, key=lambda row: row["val_acc"])  # first epoch with the best val accuracy
-        if final.equal(plan.train):  # the trained network is the ticket (IMP, Refill, a retrain)
-            best = trained
-        else:  # the ticket's own best epoch, among the evaluations of exactly this mask
-            mark = fingerprint(final)
-            ticket_rows = [row for row in rows if row.get("ticket_mask") == mark] or rows[-1:]
-            best = max(ticket_rows, key=lambda row: row.get("ticket_val_acc", row["val_acc"]))
+        separate = not final.equal(plan.train)  # RSST, ADMM: the ticket is not the network as trained
+        # the ticket's best epoch: among the evaluations of exactly the final mask
+        mark = fingerprint(final) if separate else None
+        candidates = [row for row in rows if row.get("ticket_mask") == mark] if separate else rows
+        best = max(candidates, key=lambda row: row["ticket_val_acc" if separate else "val_acc"], default=None)
         penalised = {}
         if plan.penalised is not None:  # measured before the switch to the final mask zeroes P_r
             assert self.theta_rewind is not None
@@ -366,17 +365,25 @@ class RoundLoop:
                 "penalised_norm_end": penalised_norm(self.weights, plan.penalised),
             }
         apply_masks_(self.weights.values(), [final[n] for n in self.names])
+        final_test = self.evaluate("test") if separate else rows[-1]["test_acc"]
+        if best is None:  # the mask moved after the last evaluation (ADMM's update at the round's end)
+            ticket = {"best_val_acc": self.evaluate("val"), "best_epoch": rows[-1]["epoch"], "test_acc": final_test}
+        else:
+            prefix = "ticket_" if separate else ""
+            ticket = {
+                "best_val_acc": best[f"{prefix}val_acc"],
+                "best_epoch": best["epoch"],
+                "test_acc": best[f"{prefix}test_acc"],
+            }
         record = {
             "round": r,
             "remain_weight": 100.0 * final.density(),
             "channel_sparsity": 100.0 * final.channel_sparsity(),
-            "best_val_acc": best["val_acc"] if best is trained else best.get("ticket_val_acc", best["val_acc"]),
-            "best_epoch": best["epoch"],
-            "test_acc": best["test_acc"] if best is trained else best.get("ticket_test_acc", best["test_acc"]),
+            **ticket,
             "trained_best_val_acc": trained["val_acc"],
             "trained_best_epoch": trained["epoch"],
             "trained_test_acc": trained["test_acc"],
-            "final_test_acc": self.evaluate("test") if not final.equal(plan.train) else rows[-1]["test_acc"],
+            "final_test_acc": final_test,
             **penalised,
             "epochs": len(rows),
             "seconds": round(self.round_seconds, 3),
