@@ -131,3 +131,21 @@ def write_tiny_imagenet(root: Path, classes: int = 3, per_class: int = 12, val: 
         "val_labels": np.asarray(val_labels),
         "val_colours": np.asarray(val_colours),
     }
+
+
+def write_imagenet_folders(root: Path, classes: int = 3, train_per_class: int = 6, val_per_class: int = 2) -> dict:
+    """A miniature ILSVRC-2012 tree in ``root``: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG`` (real JPEGs).
+
+    Each image is a flat colour of its class (``tiny_colour``), 40x30 (landscape) so that the
+    resize and crop have work to do. Returns the sorted wnids and the image counts per split.
+    """
+    from PIL import Image
+
+    wnids = [f"n{1440764 + 1000 * c:08d}" for c in range(classes)]
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for label, wnid in enumerate(wnids):
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(per_class):
+                name = f"{wnid}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{label * 100 + i:08d}.JPEG"
+                Image.new("RGB", (40, 30), tiny_colour(label, i)).save(root / split / wnid / name, quality=95)
+    return {"wnids": wnids, "train": classes * train_per_class, "val": classes * val_per_class}

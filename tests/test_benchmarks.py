@@ -171,3 +171,95 @@ def test_an_unknown_loop_is_refused_with_the_choices():
     )
     assert proc.returncode == 2
     assert "--loops: unknown ['fastest']; choose from seed_imp, seed_rsst, dense, imp, refill, rsst" in proc.stderr
+
+
+def load_replication():
+    spec = importlib.util.spec_from_file_location("lth_replication", ROOT / "benchmarks" / "lth_replication.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_replication_verdict_needs_tickets_near_dense_in_the_band_and_above_both_controls_at_the_end():
+    replication = load_replication()
+
+    def runs(ticket: dict[int, float], reinit: float, shuffle: float) -> list[list[dict]]:
+        weights = {0: 100.0, 1: 21.0, 2: 16.9, 3: 6.95, 4: 4.47}
+        rows = []
+        for seed_shift in (-0.5, 0.5):  # two seeds, 1 point apart
+            seed = []
+            for r, acc in ticket.items():
+                seed.append({"round": r, "remain_weight": weights[r], "test_acc": acc + seed_shift})
+                if r > 0:
+                    seed.append({"round": r, "branch": "reinit", "remain_weight": weights[r], "test_acc": reinit})
+                    seed.append({"round": r, "branch": "shuffle_layerwise", "test_acc": shuffle})
+            rows.append(seed)
+        return rows
+
+    good = replication.summarise(runs({0: 88.0, 1: 80.0, 2: 87.2, 3: 87.0, 4: 86.0}, 85.0, 85.5), sparsest=2)
+    assert good["dense"] == {"mean": 88.0, "std": 0.71, "n": 2}
+    by_round = {e["round"]: e for e in good["rounds"]}
+    assert "within_dense" not in by_round[1] and "within_dense" not in by_round[4]  # 21% and 4.47% lie outside 5-20%
+    assert by_round[2]["ticket_minus_dense"] == pytest.approx(-0.8) and by_round[2]["within_dense"] is True
+    assert by_round[3]["within_dense"] is True and good["sparsest"] == [3, 4]
+    assert by_round[4]["above_controls"] is True and by_round[4]["shuffle_layerwise"]["mean"] == 85.5
+    assert good["pattern"] is True
+    assert replication.verdict(good).startswith("The lottery-ticket pattern appeared: tickets from 20% to 5%")
+    far = replication.summarise(runs({0: 88.0, 1: 88.0, 2: 86.9, 3: 87.0, 4: 86.0}, 85.0, 85.5), sparsest=2)
+    assert {e["round"]: e.get("within_dense") for e in far["rounds"]}[2] is False  # 1.1 points below dense
+    assert far["pattern"] is False and far["above_controls"] is True
+    beaten = replication.summarise(runs({0: 88.0, 1: 88.0, 2: 87.5, 3: 87.0, 4: 85.4}, 85.0, 85.5), sparsest=2)
+    assert beaten["within_dense"] is True and beaten["above_controls"] is False and beaten["pattern"] is False
+    assert "did not appear" in replication.verdict(beaten)
+    dense_only = replication.summarise([[{"round": 0, "remain_weight": 100.0, "test_acc": 88.0}]])
+    assert dense_only["pattern"] is None and "cannot be judged" in replication.verdict(dense_only)
+
+
+@pytest.mark.slow
+def test_replication_quick_mode_writes_the_report_with_both_controls_beside_the_ticket(tmp_path):
+    import csv
+
+    from fake_data import write_fashion_mnist
+
+    extra = []
+    if not SYSTEM_ROOT.is_dir():  # the real format, written small, where Debian's package is absent
+        write_fashion_mnist(tmp_path / "fashion", train=60, test=20)
+        extra = [f"dataset.root={tmp_path / 'fashion'}", "dataset.train_size=50", "dataset.val_size=10"]
+        extra.append("dataset.test_size=20")
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/lth_replication.py", "--quick", "--out", str(out), *extra],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    assert all((out / name).stat().st_size > 0 for name in ("report.md", "report.png", "report.csv"))
+    with open(out / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    # two seeds; the ticket at rounds 0, 1, 2 and each control at the pruned rounds 1 and 2
+    assert sorted((row["branch"], row["round"], row["n"]) for row in rows) == [
+        ("reinit", "1", "2"),
+        ("reinit", "2", "2"),
+        ("shuffle_layerwise", "1", "2"),
+        ("shuffle_layerwise", "2", "2"),
+        ("ticket", "0", "2"),
+        ("ticket", "1", "2"),
+        ("ticket", "2", "2"),
+    ]
+    assert [float(row["remain_weight"]) for row in rows if row["branch"] == "ticket"] == pytest.approx(
+        [100.0, 80.04, 64.06], abs=0.01
+    )
+    markdown = (out / "report.md").read_text()
+    assert "| imp — reinit | 2 |" in markdown and "| imp — shuffle_layerwise | 2 |" in markdown
+    result = json.loads(proc.stdout.splitlines()[-1])
+    summary, settings = result["summary"], result["settings"]
+    assert [e["round"] for e in summary["rounds"]] == [0, 1, 2] and settings["seeds"] == [1, 2]
+    for entry in summary["rounds"][1:]:
+        assert {"ticket", "reinit", "shuffle_layerwise"} <= set(entry) and entry["reinit"]["n"] == 2
+    assert summary["pattern"] is None  # 64% is the sparsest level: nothing between 20% and 5% to judge
+    assert "The lottery-ticket pattern cannot be judged here" in proc.stdout
+    assert json.loads((out / "pattern.json").read_text())["summary"] == summary
+    assert 0 < settings["sweep_seconds"] <= settings["wall_seconds"] < 60
