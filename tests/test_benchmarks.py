@@ -84,9 +84,20 @@ def test_quick_mode_prints_one_json_line_per_loop_and_precision_and_the_ratios()
     assert ratios["rsst_bf16_vs_off"] == pytest.approx(expect, abs=0.002)
 
 
-def test_an_unknown_precision_is_refused_with_the_choices():
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--amp", "off,fp8"], "--amp: unknown ['fp8']; choose from auto, bf16, fp16, off, comma-separated"),
+        (
+            ["--loops", "imp,fastest"],
+            "--loops: unknown ['fastest']; choose from seed_imp, seed_rsst, dense, imp, refill, rsst",
+        ),
+    ],
+    ids=["amp", "loops"],
+)
+def test_an_unknown_choice_is_refused_with_the_choices(args, message):
     proc = subprocess.run(
-        [sys.executable, "benchmarks/train_speed.py", "--quick", "--amp", "off,fp8"],
+        [sys.executable, "benchmarks/train_speed.py", "--quick", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -94,18 +105,19 @@ def test_an_unknown_precision_is_refused_with_the_choices():
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "--amp: unknown ['fp8']; choose from auto, bf16, fp16, off, comma-separated" in proc.stderr
+    assert message in proc.stderr
 
 
-def load_parity():
-    spec = importlib.util.spec_from_file_location("bf16_parity", ROOT / "benchmarks" / "bf16_parity.py")
+def load_benchmark(name: str):
+    """A script under benchmarks/ as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_the_parity_summary_calls_a_difference_within_the_spread_only_up_to_the_larger_std():
-    parity = load_parity()
+    parity = load_benchmark("bf16_parity")
 
     def runs(fp32: list[float], bf16: list[float]) -> list[dict]:
         return [
@@ -160,28 +172,8 @@ def test_parity_quick_mode_trains_both_precisions_on_fashion_mnist_and_prints_th
     assert f"| dense (round 0) | bf16 | {bf16['test_acc']['0']:.2f} |" in proc.stdout
 
 
-def test_an_unknown_loop_is_refused_with_the_choices():
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/train_speed.py", "--quick", "--loops", "imp,fastest"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "--loops: unknown ['fastest']; choose from seed_imp, seed_rsst, dense, imp, refill, rsst" in proc.stderr
-
-
-def load_replication():
-    spec = importlib.util.spec_from_file_location("lth_replication", ROOT / "benchmarks" / "lth_replication.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_replication_verdict_needs_tickets_near_dense_in_the_band_and_above_both_controls_at_the_end():
-    replication = load_replication()
+    replication = load_benchmark("lth_replication")
 
     def runs(ticket: dict[int, float], reinit: float, shuffle: float) -> list[list[dict]]:
         weights = {0: 100.0, 1: 21.0, 2: 16.9, 3: 6.95, 4: 4.47}
