@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import FAST, compose_config
+from helpers import FAST, FINISHED_ARGS, compose_config, launch
 from omegaconf import DictConfig
 
 
@@ -17,3 +17,15 @@ def fast_cfg(tmp_path: Path):
         return compose_config([*FAST, f"paths.root={tmp_path}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """One uninterrupted 3-round IMP run (``FINISHED_ARGS``), trained once per test worker.
+
+    Tests that need a finished folder to damage, copy or refuse copy it rather than train their own.
+    """
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    proc = launch(*FINISHED_ARGS, f"paths.run_dir={run_dir}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return run_dir

@@ -16,6 +16,8 @@ CONF = ROOT / "conf"
 
 # A small, fast run on the embedded data: a narrow ResNet-20, two epochs a round.
 FAST = ["arch.width=8", "train.epochs=2", "lr_schedule.milestones=[]", "progress=false"]
+# The finished run the ``finished_run`` fixture (conftest.py) trains once per test worker.
+FINISHED_ARGS = [*FAST, "struct=imp", "prune.rounds=3"]
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

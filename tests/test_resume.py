@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST, ROOT, launch, only_run_dir, read_rounds
-
-ARGS = [*FAST, "struct=imp", "prune.rounds=3", "train.epochs=3"]
+from helpers import FINISHED_ARGS, ROOT, launch, only_run_dir, read_rounds
 
 
 def comparable(rows: list[dict]) -> list[dict]:
@@ -28,54 +27,48 @@ def epochs_done(run_root: Path) -> int:
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_round_resumes_to_the_same_rounds_json(tmp_path):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert launch(*ARGS, f"paths.root={straight}").returncode == 0
-    reference = read_rounds(only_run_dir(straight))
-
-    cmd = [sys.executable, "launch.py", *ARGS, f"paths.root={killed}"]
+def test_a_run_killed_mid_round_resumes_to_the_same_rounds_json(finished_run, tmp_path):
+    reference = read_rounds(finished_run)  # the same config, uninterrupted
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "launch.py", *FINISHED_ARGS, f"paths.root={killed}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while epochs_done(killed) < 4 and proc.poll() is None and time.time() < deadline:  # 4 = round 1, epoch 1
+    while epochs_done(killed) < 3 and proc.poll() is None and time.time() < deadline:  # 3 = round 1, epoch 0
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     run_dir = only_run_dir(killed)
     interrupted_at = epochs_done(killed)
-    assert 4 <= interrupted_at < 9
+    assert 3 <= interrupted_at < 6
 
-    resumed = launch(*ARGS, f"paths.root={killed}")
+    resumed = launch(*FINISHED_ARGS, f"paths.root={killed}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     assert comparable(read_rounds(run_dir)) == comparable(reference)
-    assert epochs_done(killed) == 9  # no epoch recorded twice
+    assert epochs_done(killed) == 6  # no epoch recorded twice
 
     # a finished run reports its result without training again
     ckpt_mtime = (run_dir / "checkpoint.pt").stat().st_mtime_ns
-    again = launch(*ARGS, f"paths.root={killed}")
+    again = launch(*FINISHED_ARGS, f"paths.root={killed}")
     assert again.returncode == 0 and "finished" in again.stdout
     assert "epoch" not in again.stderr.lower()  # no progress bar: no epoch ran
     assert (run_dir / "checkpoint.pt").stat().st_mtime_ns == ckpt_mtime
 
 
 @pytest.mark.slow
-def test_a_checkpoint_from_another_config_is_refused(tmp_path):
-    first = launch(*FAST, "struct=imp", "prune.rounds=1", "train.epochs=1", f"paths.run_dir={tmp_path / 'run'}")
-    assert first.returncode == 0, first.stderr[-2000:]
-    other = launch(
-        *FAST, "struct=imp", "prune.rounds=1", "train.epochs=1", "seed=5", f"paths.run_dir={tmp_path / 'run'}"
-    )
+def test_a_checkpoint_from_another_config_is_refused(finished_run, tmp_path):
+    run_dir = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    other = launch(*FINISHED_ARGS, "seed=5", f"paths.run_dir={run_dir}")
     assert other.returncode == 2
-    assert f"checkpoint {tmp_path / 'run' / 'checkpoint.pt'} belongs to config" in other.stdout
+    assert f"checkpoint {run_dir / 'checkpoint.pt'} belongs to config" in other.stdout
 
 
 @pytest.mark.slow
-def test_a_corrupt_checkpoint_is_an_error_naming_the_file(tmp_path):
-    args = [*FAST, "struct=imp", "prune.rounds=1", "train.epochs=1", f"paths.run_dir={tmp_path / 'run'}"]
-    assert launch(*args).returncode == 0
-    ckpt = tmp_path / "run" / "checkpoint.pt"
+def test_a_corrupt_checkpoint_is_an_error_naming_the_file(finished_run, tmp_path):
+    run_dir = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    ckpt = run_dir / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
-    proc = launch(*args)
+    proc = launch(*FINISHED_ARGS, f"paths.run_dir={run_dir}")
     assert proc.returncode == 2
     assert f"checkpoint {ckpt} is unreadable" in proc.stdout

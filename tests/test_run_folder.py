@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import FAST, ROOT, compose_config, launch, read_rounds
+from helpers import FAST, FINISHED_ARGS, ROOT, compose_config, launch, read_rounds
 from omegaconf import OmegaConf
 
 from rsst import run
@@ -27,7 +27,7 @@ from rsst.pruning.masks import Masks
 from rsst.run import resolve_precision
 from rsst.rundir import RunFolderError, config_hash, read_verified_config
 
-ARGS = [*FAST, "struct=imp", "prune.rounds=3", "train.epochs=1"]
+ARGS = FINISHED_ARGS
 
 
 def comparable(rows: list[dict]) -> list[dict]:
@@ -47,13 +47,10 @@ def without_paths(config_yaml: Path) -> dict:
     return cfg
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """One uninterrupted 3-round IMP run, the reference the repaired folders must equal."""
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    proc = launch(*ARGS, f"paths.run_dir={run_dir}")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return run_dir
+@pytest.fixture
+def finished(finished_run) -> Path:
+    """The reference the repaired folders must equal: the session's finished run (``ARGS``)."""
+    return finished_run
 
 
 def copy_of(finished: Path, tmp_path: Path) -> Path:
