@@ -20,12 +20,14 @@ from rsst.checkpoint import CheckpointError
 from rsst.config import ConfigError
 from rsst.io import RunIOError
 from rsst.lock import RunLockedError
+from rsst.run import PeerFailed
 from rsst.rundir import RunFolderError
 from rsst.sweeps import record_failure
 
 log = logging.getLogger("rsst")
 
-USER_ERRORS = (ConfigError, CheckpointError, RunFolderError, RunLockedError, RunIOError)
+# PeerFailed: another process of a multi-process run failed first and printed its own error
+USER_ERRORS = (ConfigError, CheckpointError, RunFolderError, RunLockedError, RunIOError, PeerFailed)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

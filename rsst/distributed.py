@@ -224,6 +224,27 @@ def shard_range(n: int, rank: int, world_size: int) -> slice:
     return slice(rank * n // world_size, (rank + 1) * n // world_size)
 
 
+Shard = tuple[int, int]  # (rank, world size)
+
+
+def batch_windows(n: int, batch_size: int, shard: Shard | None = None, evaluation: bool = False) -> list[slice]:
+    """The positions, in an epoch's order of ``n`` samples, of each batch this process takes.
+
+    Without ``shard``: batch ``b`` is ``[b * batch_size, (b + 1) * batch_size)`` (the last one
+    shorter). With ``shard=(rank, world_size)``: for training, rank ``r``'s part of every global
+    batch (:func:`shard_windows`, the same number of steps on every rank); for ``evaluation``,
+    the rank's contiguous share of the split (:func:`shard_range`) cut into batches of
+    ``batch_size``, as no gradient ties the ranks' steps together.
+    """
+    if shard is None:
+        return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    rank, world_size = shard
+    if not evaluation:
+        return shard_windows(n, batch_size, rank, world_size)
+    share = shard_range(n, rank, world_size)
+    return [slice(start, min(start + batch_size, share.stop)) for start in range(share.start, share.stop, batch_size)]
+
+
 def loss_scale(global_size: int, world_size: int) -> float:
     """Factor for the SUM of this rank's per-sample losses in a step whose global batch holds ``global_size``.
 

@@ -42,8 +42,13 @@ class GracefulStop:
     def check(self) -> None:
         """Call at a point where the checkpoint is saved: runs the wrapped handler if a signal came."""
         if self.pending is not None:
-            log.warning("checkpoint saved; handing %s to the launcher", signal.Signals(self.signum).name)
-            self.handler(*self.pending)
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Run the wrapped handler now (the checkpoint is saved): with the signal received, or, in a
+        multi-process run where the signal reached another rank first, as if it had come here too."""
+        log.warning("checkpoint saved; handing %s to the launcher", signal.Signals(self.signum).name)
+        self.handler(*(self.pending or (self.signum, None)))
 
 
 @contextmanager

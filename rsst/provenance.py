@@ -93,6 +93,7 @@ def record_start(run_dir: Path, device: torch.device, resumed: bool, extra: dict
         except (OSError, ValueError):
             previous = {}
     starts = previous.get("starts") if resumed and isinstance(previous.get("starts"), list) else []
-    starts.append({k: now[k] for k in ("time", "host", "command", "slurm_job_id", "git", "device") if k in now})
+    keys = ("time", "host", "command", "slurm_job_id", "git", "device", "processes")
+    starts.append({k: now[k] for k in keys if k in now})
     first = previous.get("created") if isinstance(previous.get("created"), dict) else now
     atomic_write_json(path, {**now, "created": first if resumed else now, "starts": starts})

@@ -11,8 +11,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from tqdm.auto import tqdm
 
-from rsst import provenance
+from rsst import ddp, provenance
+from rsst import distributed as dist
 from rsst.checkpoint import clone_state, load_checkpoint, save_checkpoint
-from rsst.config import build, validate_config
+from rsst.config import ConfigError, build, validate_config
+from rsst.distributed import DistEnv
 from rsst.io import atomic_torch_save, io_error
 from rsst.lock import RunLock
 from rsst.models import prunable_weights
@@ -35,11 +37,19 @@ from rsst.pruning.controls import control_seed, shuffle_layerwise
 from rsst.pruning.masks import Masks, apply_masks_
 from rsst.pruning.regularizer import penalised_norm
 from rsst.pruning.strategies import Penalty, PruneContext, RoundPlan, Strategy, imp_equivalent_density
-from rsst.rundir import config_hash, hashed_config, run_directory
+from rsst.rundir import RunFolderError, config_hash, hashed_config, run_directory
 from rsst.runfolder import refuse_foreign, remove_temporaries, repair
 from rsst.seeds import derive_seed
-from rsst.tracking import format_table
-from rsst.training import Execution, compile_model, evaluate, resolve_amp_name, resolve_device, train_epoch
+from rsst.tracking import Silent, format_table
+from rsst.training import (
+    Execution,
+    compile_model,
+    evaluate,
+    evaluate_counts,
+    resolve_amp_name,
+    resolve_device,
+    train_epoch,
+)
 
 log = logging.getLogger("rsst")
 
@@ -73,14 +83,27 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-class RoundLoop:
-    """The state of one run, and the verbs of the round loop. Everything here goes into the checkpoint."""
+class PeerFailed(RuntimeError):
+    """Another process of a multi-process run failed (its own error is in its output); this one stops too."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+
+class RoundLoop:
+    """The state of one run, and the verbs of the round loop. Everything here goes into the checkpoint.
+
+    In a run of several processes (``env``) every rank holds the same state; each trains on its
+    shard of every batch, and only rank 0 (``self.writer``) writes files.
+    """
+
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, env: DistEnv | None = None, device: torch.device | None = None
+    ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.hash = config_hash(cfg)
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device) if device is None else device
+        self.env = dist.single_process(self.device.type) if env is None else env
+        self.writer = dist.is_writer(self.env)
+        self.shard = (self.env.rank, self.env.world_size) if self.env.is_distributed else None
         seed_everything(cfg.seed)
         self.strategy: Strategy = build(cfg.struct, "struct")
         self.data = build(cfg.dataset, "dataset")
@@ -88,7 +111,8 @@ class RoundLoop:
         self.execution = Execution.from_config(cfg.train.amp, cfg.train.channels_last, self.device)
         self.model: nn.Module = self.execution.prepare(self.new_model().to(self.device))
         self.forward = compile_model(self.model, cfg.train.compile)  # compiled once; shares self.model's tensors
-        self.tracker = build(cfg.logger, "logger")
+        self.train_forward = self.forward  # DistributedDataParallel in a multi-process run (distribute())
+        self.tracker = build(cfg.logger, "logger") if self.writer else Silent()
         self.weights = prunable_weights(self.model, cfg.prune.include_stem, cfg.prune.include_fc)
         self.names = list(self.weights)
         # run state (checkpointed)
@@ -109,6 +133,16 @@ class RoundLoop:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.penalty: Penalty | None = None  # rebuilt from the plan; its state_dict(), if any, is checkpointed
+
+    def distribute(self) -> None:
+        """Multi-process run: BatchNorm over the global batch, and the model in DistributedDataParallel.
+
+        A collective (DDP checks that every rank holds the same parameters): every rank calls it.
+        """
+        if not self.env.is_distributed:
+            return
+        ddp.global_batch_norm(self.model)
+        self.train_forward = compile_model(ddp.wrap(self.model, self.env, self.device), self.cfg.train.compile)
 
     def new_model(self) -> nn.Module:
         data = self.data
@@ -207,7 +241,10 @@ class RoundLoop:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def save(self) -> None:
-        save_checkpoint(self.run_dir / "checkpoint.pt", self.state())
+        """Rank 0 saves the checkpoint (every rank holds the same state); the others wait for it."""
+        if self.writer:
+            save_checkpoint(self.run_dir / "checkpoint.pt", self.state())
+        dist.barrier()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -225,8 +262,17 @@ class RoundLoop:
         steps = self.data.num_batches("train", self.cfg.train.batch_size)
         self.penalty = self.strategy.penalty(self.plan, self.weights, steps, self.cfg.train.epochs)
 
-    def train_batches(self, seed: int):
-        return self.data.batches("train", self.cfg.train.batch_size, self.device, seed=seed)
+    def train_batches(self, seed: int, sharded: bool = True):
+        """One epoch of training batches in the order of ``seed``: this rank's shards of them unless not ``sharded``."""
+        shard = self.shard if sharded else None
+        return self.data.batches("train", self.cfg.train.batch_size, self.device, seed=seed, shard=shard)
+
+    def global_batch_sizes(self) -> list[int] | None:
+        """The size of every global training batch of an epoch (a multi-process run scales its loss by them)."""
+        if self.shard is None:
+            return None
+        n, size = self.data.size("train"), self.cfg.train.batch_size
+        return [min(size, n - start) for start in range(0, n, size)]
 
     def target_density(self, round_: int) -> float:
         """``prune.density`` if set, else the density IMP reaches after ``round_`` rounds of ``prune.rate``."""
@@ -258,19 +304,41 @@ class RoundLoop:
                 rate=float(self.cfg.prune.rate),
                 rate_fc=self.cfg.prune.get("rate_fc"),
                 rate_output=self.cfg.prune.get("rate_output"),
-                batches=lambda: self.train_batches(epoch_seed(self.cfg.seed, r, 1 << 15)),
+                # every rank scores on the whole global batches, so the plan does not depend on the world size
+                batches=lambda: self.train_batches(epoch_seed(self.cfg.seed, r, 1 << 15), sharded=False),
                 density=self.target_density(r),
                 seed=self.cfg.seed,
                 theta_rewind=self.theta_rewind,
                 dense=self.dense_weights,
             )
-            self.plan = self.strategy.plan(ctx)
+            self.plan = self.share_plan(self.strategy.plan(ctx))
             assert self.theta_rewind is not None, "theta_rewind is set by the end of round 0"
             self.model.load_state_dict(self.theta_rewind)
+            self.check_ranks(f"round {r} start", self.plan.train)
         apply_masks_(self.weights.values(), [self.plan.train[n] for n in self.names])
         self.epoch, self.round_seconds = 0, 0.0
         self.new_optimizer()
         self.new_penalty()
+
+    def share_masks(self, masks: Masks) -> Masks:
+        """Multi-process run: rank 0's masks on every rank, in place (each rank computed them from the same inputs)."""
+        if self.shard is not None:
+            dist.broadcast_masks_(masks)
+        return masks
+
+    def share_plan(self, plan: RoundPlan) -> RoundPlan:
+        for masks in (plan.train, plan.final, plan.penalised):
+            if masks is not None:
+                self.share_masks(masks)
+        return plan
+
+    def check_ranks(self, what: str, masks: Masks) -> None:
+        """Multi-process run: raise on every rank unless the weights, buffers and ``masks`` agree exactly."""
+        if self.shard is None:
+            return
+        tensors = {**self.model.state_dict(), **{f"mask:{n}": m for n, m in masks.items()}}
+        dist.check_identical(tensors, what)
+        log.info("%s: weights, buffers and masks identical on %d processes", what, self.env.world_size)
 
     def run_epoch(self) -> None:
         r, e, cfg = self.current_round, self.epoch, self.cfg
@@ -279,15 +347,18 @@ class RoundLoop:
         total = self.data.num_batches("train", cfg.train.batch_size)
         if self.penalty is not None:
             self.penalty.start_epoch(e)
-        with tqdm(
-            total=total,
-            desc=f"round {r}{f' {self.branch}' if self.branch else ''} epoch {e + 1}/{cfg.train.epochs}",
-            leave=False,
-            disable=not cfg.progress,
-            dynamic_ncols=True,
-        ) as bar:
+        with (
+            tqdm(
+                total=total,
+                desc=f"round {r}{f' {self.branch}' if self.branch else ''} epoch {e + 1}/{cfg.train.epochs}",
+                leave=False,
+                disable=not (cfg.progress and self.writer),
+                dynamic_ncols=True,
+            ) as bar,
+            ddp.synced(self.model, self.shard is not None),
+        ):
             stats = train_epoch(
-                self.forward,
+                self.train_forward,
                 self.train_batches(epoch_seed(cfg.seed, r, e)),
                 self.optimizer,
                 self.scheduler,
@@ -296,6 +367,7 @@ class RoundLoop:
                 grad_hook=self.penalty,
                 progress=bar,
                 execution=self.execution,
+                global_sizes=self.global_batch_sizes(),
             )
         row = {
             "round": r,
@@ -341,14 +413,17 @@ class RoundLoop:
         return {"ticket_val_acc": val, "ticket_test_acc": test, "ticket_mask": fingerprint(final)}
 
     def evaluate(self, split: str) -> float:
-        batches = self.data.batches(split, self.cfg.train.eval_batch_size, self.device)
-        return evaluate(self.forward, batches, self.execution)
+        """Top-1 accuracy on ``split``; a multi-process run evaluates a share per rank and reduces the counts."""
+        batches = self.data.batches(split, self.cfg.train.eval_batch_size, self.device, shard=self.shard)
+        if self.shard is None:
+            return evaluate(self.forward, batches, self.execution)
+        return dist.reduce_accuracy(*evaluate_counts(self.forward, batches, self.execution))
 
     def end_round(self) -> dict[str, Any]:
         """Switch to the round's final mask, record the round, and save its ticket."""
         assert self.plan is not None
         r, plan = self.round, self.plan
-        final = self.strategy.final_masks(plan, self.penalty)
+        final = self.share_masks(self.strategy.final_masks(plan, self.penalty))
         rows = [row for row in self.epoch_rows if row["round"] == r and "branch" not in row]
         trained = max(rows, key=lambda row: row["val_acc"])  # first epoch with the best val accuracy
         separate = not final.equal(plan.train)  # RSST, ADMM: the ticket is not the network as trained
@@ -365,6 +440,7 @@ class RoundLoop:
                 "penalised_norm_end": penalised_norm(self.weights, plan.penalised),
             }
         apply_masks_(self.weights.values(), [final[n] for n in self.names])
+        self.check_ranks(f"round {r} end", final)
         final_test = self.evaluate("test") if separate else rows[-1]["test_acc"]
         if best is None:  # the mask moved after the last evaluation (ADMM's update at the round's end)
             ticket = {"best_val_acc": self.evaluate("val"), "best_epoch": rows[-1]["epoch"], "test_acc": final_test}
@@ -392,8 +468,9 @@ class RoundLoop:
             shape = (1, self.data.in_channels, self.data.image_size, self.data.image_size)
             record.update(structured_size(self.model, final, shape))
         self.tickets[r] = {n: m.bool().cpu() for n, m in final.items()}
-        final.save(self.run_dir / "masks" / f"round_{r}.pt")
-        atomic_torch_save(self.model.state_dict(), self.run_dir / "weights" / f"round_{r}.pt")
+        if self.writer:
+            final.save(self.run_dir / "masks" / f"round_{r}.pt")
+            atomic_torch_save(self.model.state_dict(), self.run_dir / "weights" / f"round_{r}.pt")
         self.round_rows.append(record)
         self.ticket = final
         self.round, self.epoch, self.plan = r + 1, 0, None
@@ -442,7 +519,8 @@ class RoundLoop:
             "epochs": len(rows),
             "seconds": round(self.round_seconds, 3),
         }
-        mask.save(self.run_dir / "masks" / f"round_{r}_{name}.pt")
+        if self.writer:
+            mask.save(self.run_dir / "masks" / f"round_{r}_{name}.pt")
         self.round_rows.append(record)
         self.pending.pop(0)
         self.branch, self.epoch, self.plan = None, 0, None
@@ -463,18 +541,35 @@ def fingerprint(masks: Masks) -> str:
     return digest.hexdigest()[:16]
 
 
-def resolve_precision(cfg: DictConfig) -> tuple[DictConfig, dict[str, str]]:
+def resolve_precision(cfg: DictConfig, device: torch.device | None = None) -> tuple[DictConfig, dict[str, str]]:
     """A copy of ``cfg`` with ``train.amp`` resolved to the precision this machine will run.
 
     ``auto`` resolves per machine (bf16 where the device has native bf16, else off), so the
     resolved name, not ``auto``, is what the run's hash, folder and ``config.yaml`` carry.
     """
     requested = cfg.train.amp
-    name, reason = resolve_amp_name(requested, resolve_device(cfg.device))
+    name, reason = resolve_amp_name(requested, resolve_device(cfg.device) if device is None else device)
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.train.amp = name
     return cfg, {"requested": str(requested), "resolved": name, "reason": reason}
+
+
+def distributed_environment(cfg: DictConfig) -> tuple[DistEnv, torch.device]:
+    """This process's place in the run (``torchrun`` or Slurm through submitit) and its device.
+
+    A process of a multi-process run uses its local rank's GPU (``device`` names the type);
+    ``train.batch_size``, the global batch, must split evenly over the processes.
+    """
+    device = resolve_device(cfg.device)
+    try:
+        env = dist.from_environment(device.type)
+        if env.is_distributed:
+            dist.shard_windows(0, int(cfg.train.batch_size), env.rank, env.world_size)
+            device = dist.local_device(env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return env, device
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -482,48 +577,118 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     Everything is checked and built before the run folder is created: a bad value, a missing
     device or an unusable pretrained file leaves nothing on disk. The folder is then held with
-    an exclusive lock for the whole run.
+    an exclusive lock for the whole run. Started by ``torchrun`` or by Slurm with several tasks,
+    every process runs this function: they train one run together, and rank 0 writes its folder.
     """
     validate_config(cfg)
-    cfg, precision = resolve_precision(cfg)
+    env, device = distributed_environment(cfg)
+    cfg, precision = resolve_precision(cfg, device)
     run_dir = run_directory(cfg)
-    loop = RoundLoop(cfg, run_dir)
-    pretrained = None if (run_dir / "checkpoint.pt").exists() else loop.check_pretrained()
+    with dist.process_group(env):
+        return _run_processes(cfg, env, device, run_dir, precision)
+
+
+def together(env: DistEnv, action: Callable[[], Any]) -> Any:
+    """``action()`` on every rank; if it raises on any rank, every rank stops (the failing one with its error).
+
+    Used before the collectives that would otherwise wait forever for a rank that failed.
+    """
+    failure: BaseException | None = None
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise io_error("create the run folder", run_dir, exc) from exc
-    with RunLock(run_dir), _log_to_file(run_dir):
+        result = action()
+    except Exception as exc:  # re-raised below, after the ranks agree
+        failure, result = exc, None
+    if env.is_distributed and dist.any_rank(failure is not None) and failure is None:
+        raise PeerFailed(f"rank {env.rank}: another process of this run failed; its error is in its output")
+    if failure is not None:
+        raise failure
+    return result
+
+
+def _run_processes(
+    cfg: DictConfig, env: DistEnv, device: torch.device, run_dir: Path, precision: dict[str, str]
+) -> dict[str, Any]:
+    def build_loop() -> tuple[RoundLoop, dict[str, torch.Tensor] | None]:
+        loop = RoundLoop(cfg, run_dir, env, device)
+        return loop, None if (run_dir / "checkpoint.pt").exists() else loop.check_pretrained()
+
+    loop, pretrained = together(env, build_loop)
+    loop.distribute()
+    with ExitStack() as held:
+
+        def open_folder() -> None:
+            if not loop.writer:
+                held.enter_context(_quiet())
+                return
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise io_error("create the run folder", run_dir, exc) from exc
+            held.enter_context(RunLock(run_dir))
+            held.enter_context(_log_to_file(run_dir))
+
+        together(env, open_folder)
         log.info("precision: %s (%s)", precision["resolved"], precision["reason"])
+        if env.is_distributed:
+            log.info(
+                "%d processes (%s, %s backend), this one rank %d on %s",
+                env.world_size,
+                env.launcher,
+                env.backend,
+                env.rank,
+                device,
+            )
         return _run(loop, pretrained, precision)
 
 
 def _run(loop: RoundLoop, pretrained: dict[str, torch.Tensor] | None, precision: dict[str, str]) -> dict[str, Any]:
-    cfg, run_dir = loop.cfg, loop.run_dir
-    remove_temporaries(run_dir)
+    cfg, run_dir, env = loop.cfg, loop.run_dir, loop.env
+    if loop.writer:
+        remove_temporaries(run_dir)
+    dist.barrier()
     ckpt = run_dir / "checkpoint.pt"
     resumed = ckpt.exists()
-    if resumed:
-        loop.restore(load_checkpoint(ckpt, loop.hash, hashed_config(cfg)))
-        log.info("resuming %s at round %d, epoch %d", run_dir, loop.round, loop.epoch)
-    else:
-        refuse_foreign(run_dir, loop.hash)
-        loop.fresh_start(pretrained)
-        log.info("new run in %s", run_dir)
-    last_weights = None  # the last finished round's weights, where the checkpoint holds them
-    if loop.trunk_weights is not None:  # controls are training: the ticket's weights are kept aside
-        last_weights = loop.trunk_weights
-    elif resumed and loop.plan is None and loop.round > 0:  # at a round boundary: the model holds them
-        last_weights = loop.model.state_dict()
-    repair(
-        run_dir,
-        OmegaConf.to_yaml(cfg, resolve=True),
-        loop.epoch_rows,
-        loop.round_rows,
-        loop.tickets,
-        None if last_weights is None else (lambda: last_weights),
-    )
-    provenance.record_start(run_dir, loop.device, resumed, {"precision": precision, "config_hash": loop.hash})
+    if env.is_distributed and dist.any_rank(resumed) != (not dist.any_rank(not resumed)):
+        raise RunFolderError(
+            f"{ckpt} is visible to some processes of this run and not to others: the run folder must be on a "
+            "file system every node shares"
+        )
+
+    def restore_or_start() -> None:
+        if resumed:
+            loop.restore(load_checkpoint(ckpt, loop.hash, hashed_config(cfg)))
+            log.info("resuming %s at round %d, epoch %d", run_dir, loop.round, loop.epoch)
+        else:
+            if loop.writer:
+                refuse_foreign(run_dir, loop.hash)
+            loop.fresh_start(pretrained)
+            log.info("new run in %s", run_dir)
+
+    together(env, restore_or_start)
+    hosts = dist.hostnames()
+    if loop.writer:
+        last_weights = None  # the last finished round's weights, where the checkpoint holds them
+        if loop.trunk_weights is not None:  # controls are training: the ticket's weights are kept aside
+            last_weights = loop.trunk_weights
+        elif resumed and loop.plan is None and loop.round > 0:  # at a round boundary: the model holds them
+            last_weights = loop.model.state_dict()
+        repair(
+            run_dir,
+            OmegaConf.to_yaml(cfg, resolve=True),
+            loop.epoch_rows,
+            loop.round_rows,
+            loop.tickets,
+            None if last_weights is None else (lambda: last_weights),
+        )
+        processes = {
+            "world_size": env.world_size,
+            "backend": env.backend,
+            "launcher": env.launcher,
+            "hosts": hosts,
+        }
+        extra = {"precision": precision, "config_hash": loop.hash, "processes": processes}
+        provenance.record_start(run_dir, loop.device, resumed, extra)
+    dist.barrier()
     rounds = cfg.prune.rounds
     if loop.round < rounds or loop.pending:  # a finished run only reports; it opens no logger
         logged = (len(loop.epoch_rows), len(loop.round_rows))
@@ -580,8 +745,7 @@ def _train_epochs(loop: RoundLoop, stop: GracefulStop | None) -> None:
         loop.save()
         kill_point(f"epoch_saved:{loop.current_round}:{loop.branch or 'ticket'}:{loop.epoch - 1}")
         loop.tracker.log_epochs(loop.epoch_rows)
-        if stop is not None:
-            stop.check()
+        stop_if_requested(loop, stop)
 
 
 def _train_control(loop: RoundLoop, stop: GracefulStop | None) -> None:
@@ -605,6 +769,16 @@ def _train_control(loop: RoundLoop, stop: GracefulStop | None) -> None:
     )
 
 
+def stop_if_requested(loop: RoundLoop, stop: GracefulStop | None) -> None:
+    """After a save: hand a pending preemption signal to the launcher; in a multi-process run, all ranks
+    stop together when the signal reached any of them."""
+    requested = stop is not None and stop.pending is not None
+    if loop.env.is_distributed:
+        requested = dist.any_rank(requested)
+    if requested and stop is not None:
+        stop.hand_over()
+
+
 def kill_point(name: str) -> None:
     """Where the tests reproduce a node dying: ``RSST_KILL_AT=<name>`` kills the process here (SIGKILL).
 
@@ -613,6 +787,17 @@ def kill_point(name: str) -> None:
     """
     if os.environ.get("RSST_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Ranks other than 0 log warnings and errors only: rank 0 speaks for the run."""
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextmanager

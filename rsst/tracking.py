@@ -44,6 +44,24 @@ class CsvLogger:
         pass
 
 
+class Silent:
+    """The logger of a process that writes nothing: ranks other than 0 of a multi-process run."""
+
+    def start(
+        self, run_dir: Path, config: dict[str, Any], resume_id: str | None = None, logged: tuple[int, int] = (0, 0)
+    ) -> str | None:
+        return resume_id
+
+    def log_epochs(self, rows: Sequence[dict[str, Any]]) -> None:
+        pass
+
+    def log_rounds(self, rows: Sequence[dict[str, Any]]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     fields: list[str] = []
     for row in rows:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsst import ddp as DDP
 from rsst import distributed as D
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +209,40 @@ def test_ddp_on_scaled_shards_gives_the_single_process_gradient_on_both_ranks(tw
     assert torch.equal(two_ranks[0]["ddp_grads"][1], two_ranks[1]["ddp_grads"][1])
 
 
+def test_global_batch_norm_on_shards_trains_like_batch_norm_on_the_whole_batch(two_ranks):
+    """Outputs, gradients and running statistics of GlobalBatchNorm over 2 ranks' shards equal plain
+    BatchNorm's over the global batch (11 samples: shards of 4 + 4, then 1 + 2), up to float32 rounding."""
+    model, x, y = worker_bn_problem()
+    outputs, grads = [], []
+    for window in D.shard_windows(DDP_SAMPLES, DDP_BATCH, 0, 1):
+        model.zero_grad()
+        out = model(x[window])
+        F.cross_entropy(out, y[window]).backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for step in range(len(outputs)):
+        joined = torch.cat([two_ranks[rank]["bn_outputs"][step] for rank in (0, 1)])
+        assert torch.allclose(joined, outputs[step], atol=1e-5), step
+        for r in two_ranks:
+            for name, grad in grads[step].items():
+                assert torch.allclose(r["bn_grads"][step][name], grad, atol=1e-5), (step, name)
+    for r in two_ranks:
+        for name, buffer in model.state_dict().items():
+            assert torch.allclose(r["bn_state"][name].double(), buffer.double(), atol=1e-5), name
+    assert torch.equal(two_ranks[0]["bn_state"]["1.running_var"], two_ranks[1]["bn_state"]["1.running_var"])
+    assert two_ranks[0]["bn_converted"] == 1
+
+
+def worker_bn_problem() -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3 * 16, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5 + (1.0 if p.dim() == 1 else 0.0))
+    x = torch.randn(DDP_SAMPLES, 2, 4, 4, generator=gen) * 3 + 2  # a mean well away from 0
+    return model, x, torch.randint(0, 3, (DDP_SAMPLES,), generator=gen)
+
+
 def worker_eval_data() -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.arange(11) % 3
     preds = labels.clone()
@@ -273,6 +308,20 @@ def worker(out: Path) -> None:
             loss = F.cross_entropy(ddp(x[window]), y[window], reduction="sum") * D.loss_scale(global_size, 2)
             loss.backward()
             res["ddp_grads"].append(model.weight.grad.clone())
+
+        bn_model, x, y = worker_bn_problem()
+        res["bn_converted"] = DDP.global_batch_norm(bn_model)
+        wrapped = DDP.wrap(bn_model, env, torch.device("cpu"))
+        res["bn_outputs"], res["bn_grads"] = [], []
+        for step, window in enumerate(D.shard_windows(DDP_SAMPLES, DDP_BATCH, rank, env.world_size)):
+            global_size = min(DDP_BATCH, DDP_SAMPLES - DDP_BATCH * step)
+            wrapped.zero_grad()
+            with DDP.synced(bn_model):
+                logits = wrapped(x[window])
+            (F.cross_entropy(logits, y[window], reduction="sum") * D.loss_scale(global_size, 2)).backward()
+            res["bn_outputs"].append(logits.detach())
+            res["bn_grads"].append({n: p.grad.clone() for n, p in bn_model.named_parameters()})
+        res["bn_state"] = bn_model.state_dict()
         D.barrier()
     torch.save(res, out / f"rank{rank}.pt")
 

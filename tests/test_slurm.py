@@ -6,6 +6,7 @@ tests skip only where the Slurm binaries are absent.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import FAST, ROOT, read_rounds
 
 from rsst.report import report
@@ -45,8 +47,8 @@ def slurm_env():
     yield env
 
 
-def sweep(env, sweep_dir: Path, *args: str, wait: bool = True) -> subprocess.Popen:
-    cmd = [sys.executable, "launch.py", "-m", *SLURM, *FAST, f"hydra.sweep.dir={sweep_dir}", *args]
+def sweep(env, sweep_dir: Path, *args: str, wait: bool = True, base: tuple[str, ...] = tuple(FAST)) -> subprocess.Popen:
+    cmd = [sys.executable, "launch.py", "-m", *SLURM, *base, f"hydra.sweep.dir={sweep_dir}", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if wait:
         out, _ = proc.communicate(timeout=600)
@@ -142,3 +144,21 @@ def test_a_preempted_job_resumes_to_the_same_rounds_json(slurm_env, uninterrupte
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(read_rounds(run_dir)) == strip(uninterrupted)
     assert epochs_done(hit) == 15
+
+
+def test_one_run_over_two_slurm_tasks_trains_as_one_process_group(slurm_env, tmp_path):
+    """``hydra.launcher.tasks_per_node=2``: both tasks join one gloo group through submitit's variables."""
+    sweep_dir = tmp_path / "ddp"
+    lenet = ["arch=lenet_300_100", "prune.include_fc=true", "struct=imp", "prune.rounds=2"]
+    tasks = ["hydra.launcher.tasks_per_node=2", "hydra.launcher.mem_gb=2"]
+    sweep(slurm_env, sweep_dir, *lenet, *tasks, base=tuple(FAST[1:]))
+    (run,) = run_dirs(sweep_dir)
+    assert [row["round"] for row in read_rounds(run)] == [0, 1]
+    processes = json.loads((run / "provenance.json").read_text())["processes"]
+    assert (processes["world_size"], processes["backend"], processes["launcher"]) == (2, "gloo", "slurm")
+    log = (run / "run.log").read_text()
+    assert log.count("new run in") == 1
+    assert "round 1 end: weights, buffers and masks identical on 2 processes" in log
+    masks = torch.load(run / "masks" / "round_1.pt", weights_only=True)
+    weights = torch.load(run / "weights" / "round_1.pt", weights_only=True)
+    assert all(int((weights[n][~m] != 0).sum()) == 0 for n, m in masks.items())

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from rsst.distributed import Shard, batch_windows
+
 SPLITS = ("train", "val", "test")
 LOADERS = ("auto", "device", "dataloader")
 DEVICE_MEMORY_SHARE = 0.5  # loader=auto keeps the data on a GPU when it needs at most this share of free memory
@@ -153,9 +155,18 @@ class TensorDataModule:
         return normalise(x, self.mean, self.std)
 
     def epoch(
-        self, split: str, batch_size: int, seed: int | None = None, device: torch.device | str = "cpu"
+        self,
+        split: str,
+        batch_size: int,
+        seed: int | None = None,
+        device: torch.device | str = "cpu",
+        shard: Shard | None = None,
     ) -> EpochBatches:
-        """The batches of one pass over ``split`` as a map-style data set (item ``b`` is batch ``b``)."""
+        """The batches of one pass over ``split`` as a map-style data set (item ``b`` is batch ``b``).
+
+        ``shard=(rank, world_size)`` keeps this process's part of every batch (see
+        :func:`rsst.distributed.batch_windows`); the order, crops and flips are the unsharded epoch's.
+        """
         _check_split(split)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
@@ -169,15 +180,17 @@ class TensorDataModule:
             order = torch.randperm(n, generator=gen)
             if self.augment and split == "train":
                 crops = random_crops(n, self.crop_padding, gen).to(data.x.device)
-        return EpochBatches(data, order.to(data.x.device), batch_size, crops, self.crop_padding, self.mean, self.std)
+        windows = batch_windows(n, batch_size, shard, evaluation=seed is None)
+        order = order.to(data.x.device)
+        return EpochBatches(data, order, windows, crops, self.crop_padding, self.mean, self.std)
 
-    def loader(self, split: str, batch_size: int, seed: int | None = None) -> DataLoader:
+    def loader(self, split: str, batch_size: int, seed: int | None = None, shard: Shard | None = None) -> DataLoader:
         """A DataLoader over ``split`` with this module's ``num_workers`` and ``pin_memory``.
 
         It yields the same normalised CPU batches as :meth:`batches` for the same seed:
         shuffled (and augmented, for train) when ``seed`` is given, in file order otherwise.
         """
-        return batch_loader(self.epoch(split, batch_size, seed), self.num_workers, self.pin_memory)
+        return batch_loader(self.epoch(split, batch_size, seed, shard=shard), self.num_workers, self.pin_memory)
 
     def batches(
         self,
@@ -185,20 +198,25 @@ class TensorDataModule:
         batch_size: int,
         device: torch.device | str = "cpu",
         seed: int | None = None,
+        shard: Shard | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Normalised batches of ``split``; shuffled (and augmented, for train) when ``seed`` is given."""
+        """Normalised batches of ``split``; shuffled (and augmented, for train) when ``seed`` is given.
+
+        ``shard=(rank, world_size)``: only this process's part of each batch (:meth:`epoch`).
+        """
         device = torch.device(device)
         if self.resolve_loader(device) == "device":
-            yield from self.epoch(split, batch_size, seed, device)
+            yield from self.epoch(split, batch_size, seed, device, shard)
             return
         non_blocking = self.pin_memory and device.type == "cuda"
-        for x, y in self.loader(split, batch_size, seed):
+        for x, y in self.loader(split, batch_size, seed, shard):
             yield x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
 
 
 class EpochBatches(Dataset):
     """Batch ``b`` of an epoch: gather, crop and flip (train only), scale, normalise.
 
+    Batch ``b`` holds the samples at positions ``windows[b]`` of the epoch's ``order``.
     Everything random was drawn when the epoch was planned, so a batch is a pure
     function of its index; on a GPU, cutting a batch needs no host synchronisation.
     """
@@ -207,23 +225,23 @@ class EpochBatches(Dataset):
         self,
         data: Split,
         order: Tensor,
-        batch_size: int,
+        windows: list[slice],
         crops: Tensor | None,
         crop_padding: int,
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
-        self.data, self.order, self.batch_size = data, order, batch_size
+        self.data, self.order, self.windows = data, order, windows
         self.crops, self.crop_padding = crops, crop_padding
         self.mean, self.std = normalisation(mean, std, data.x.dtype, data.x.device)
 
     def __len__(self) -> int:
-        return -(-len(self.order) // self.batch_size)
+        return len(self.windows)
 
     def __getitem__(self, b: int) -> tuple[Tensor, Tensor]:
         if not 0 <= b < len(self):
             raise IndexError(b)
-        window = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        window = self.windows[b]
         idx = self.order[window]
         x = self.data.x[idx]
         if self.crops is not None:

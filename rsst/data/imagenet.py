@@ -53,6 +53,7 @@ from torchvision.transforms import functional as F  # imported here, so that for
 
 from rsst.data.base import LOADERS, SPLITS, batch_loader, check_subsets, normalise
 from rsst.data.files import CorruptDatasetError, DatasetNotFoundError, check_count, check_sizes
+from rsst.distributed import Shard, batch_windows
 
 log = logging.getLogger(__name__)
 
@@ -279,19 +280,25 @@ class ImageNetEpoch(Dataset):
     """
 
     def __init__(
-        self, split: FileSplit, order: Tensor, batch_size: int, seed: int | None, augment: bool, size: int, resize: int
+        self,
+        split: FileSplit,
+        order: Tensor,
+        windows: list[slice],
+        seed: int | None,
+        augment: bool,
+        size: int,
+        resize: int,
     ) -> None:
-        self.split, self.order, self.batch_size = split, order, batch_size
+        self.split, self.order, self.windows = split, order, windows
         self.seed, self.augment, self.size, self.resize = seed, augment, size, resize
 
     def __len__(self) -> int:
-        return -(-len(self.order) // self.batch_size)
+        return len(self.windows)
 
     def __getitem__(self, b: int) -> tuple[Tensor, Tensor]:
         if not 0 <= b < len(self):
             raise IndexError(b)
-        start = b * self.batch_size
-        idx = self.order[start : start + self.batch_size]
+        idx = self.order[self.windows[b]]
         images = []
         for i in idx.tolist():
             img = load_rgb(self.split.folder / self.split.files[i].decode())
@@ -299,6 +306,8 @@ class ImageNetEpoch(Dataset):
                 images.append(train_view(img, self.size, random.Random((self.seed << 32) + i)))
             else:
                 images.append(eval_view(img, self.size, self.resize))
+        if not images:  # an empty shard of the last batch
+            return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8), self.split.labels[idx]
         return torch.stack(images), self.split.labels[idx]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -394,8 +403,12 @@ class ImageNet:
         """Scale uint8 ``x`` to float and normalise it with the ImageNet mean/std."""
         return normalise(x, self.mean, self.std)
 
-    def epoch(self, split: str, batch_size: int, seed: int | None = None) -> ImageNetEpoch:
-        """The batches of one pass over ``split`` as a map-style data set (item ``b`` is batch ``b``, uint8)."""
+    def epoch(self, split: str, batch_size: int, seed: int | None = None, shard: Shard | None = None) -> ImageNetEpoch:
+        """The batches of one pass over ``split`` as a map-style data set (item ``b`` is batch ``b``, uint8).
+
+        ``shard=(rank, world_size)`` keeps this process's part of every batch
+        (:func:`rsst.distributed.batch_windows`); an image's augmentation does not depend on it.
+        """
         data = self.splits[_check_split(split)]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
@@ -404,11 +417,12 @@ class ImageNet:
         else:
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
         augment = self.augment and split == "train" and seed is not None
-        return ImageNetEpoch(data, order, batch_size, seed, augment, self.image_size, self.resize_size)
+        windows = batch_windows(len(data), batch_size, shard, evaluation=seed is None)
+        return ImageNetEpoch(data, order, windows, seed, augment, self.image_size, self.resize_size)
 
-    def loader(self, split: str, batch_size: int, seed: int | None = None) -> DataLoader:
+    def loader(self, split: str, batch_size: int, seed: int | None = None, shard: Shard | None = None) -> DataLoader:
         """A DataLoader over :meth:`epoch` with ``num_workers`` workers, each decoding whole batches."""
-        return batch_loader(self.epoch(split, batch_size, seed), self.num_workers, self.pin_memory)
+        return batch_loader(self.epoch(split, batch_size, seed, shard), self.num_workers, self.pin_memory)
 
     def batches(
         self,
@@ -416,14 +430,16 @@ class ImageNet:
         batch_size: int,
         device: torch.device | str = "cpu",
         seed: int | None = None,
+        shard: Shard | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised batches of ``split`` on ``device``; shuffled (and augmented, for train) when ``seed`` is given.
 
+        ``shard=(rank, world_size)``: only this process's part of each batch (:meth:`epoch`).
         Batches cross to the device as uint8 (a quarter of float32's bytes) and are normalised there.
         """
         device = torch.device(device)
         non_blocking = self.pin_memory and device.type == "cuda"
-        for x, y in self.loader(split, batch_size, seed):
+        for x, y in self.loader(split, batch_size, seed, shard):
             yield self.normalise(x.to(device, non_blocking=non_blocking)), y.to(device, non_blocking=non_blocking)
 
 
