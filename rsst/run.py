@@ -240,11 +240,13 @@ class RoundLoop:
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
+    def write(self, action: Callable[[], Any]) -> None:
+        """Rank 0 writes (``action()``); every rank waits for it, and stops with it if the write fails."""
+        together(self.env, lambda: action() if self.writer else None)
+
     def save(self) -> None:
         """Rank 0 saves the checkpoint (every rank holds the same state); the others wait for it."""
-        if self.writer:
-            save_checkpoint(self.run_dir / "checkpoint.pt", self.state())
-        dist.barrier()
+        self.write(lambda: save_checkpoint(self.run_dir / "checkpoint.pt", self.state()))
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -468,9 +470,12 @@ class RoundLoop:
             shape = (1, self.data.in_channels, self.data.image_size, self.data.image_size)
             record.update(structured_size(self.model, final, shape))
         self.tickets[r] = {n: m.bool().cpu() for n, m in final.items()}
-        if self.writer:
+
+        def write_ticket() -> None:
             final.save(self.run_dir / "masks" / f"round_{r}.pt")
             atomic_torch_save(self.model.state_dict(), self.run_dir / "weights" / f"round_{r}.pt")
+
+        self.write(write_ticket)
         self.round_rows.append(record)
         self.ticket = final
         self.round, self.epoch, self.plan = r + 1, 0, None
@@ -519,8 +524,7 @@ class RoundLoop:
             "epochs": len(rows),
             "seconds": round(self.round_seconds, 3),
         }
-        if self.writer:
-            mask.save(self.run_dir / "masks" / f"round_{r}_{name}.pt")
+        self.write(lambda: mask.save(self.run_dir / "masks" / f"round_{r}_{name}.pt"))
         self.round_rows.append(record)
         self.pending.pop(0)
         self.branch, self.epoch, self.plan = None, 0, None
@@ -630,22 +634,13 @@ def _run_processes(
         together(env, open_folder)
         log.info("precision: %s (%s)", precision["resolved"], precision["reason"])
         if env.is_distributed:
-            log.info(
-                "%d processes (%s, %s backend), this one rank %d on %s",
-                env.world_size,
-                env.launcher,
-                env.backend,
-                env.rank,
-                device,
-            )
+            log.info("%d processes (%s, %s backend); rank 0 on %s", env.world_size, env.launcher, env.backend, device)
         return _run(loop, pretrained, precision)
 
 
 def _run(loop: RoundLoop, pretrained: dict[str, torch.Tensor] | None, precision: dict[str, str]) -> dict[str, Any]:
     cfg, run_dir, env = loop.cfg, loop.run_dir, loop.env
-    if loop.writer:
-        remove_temporaries(run_dir)
-    dist.barrier()
+    loop.write(lambda: remove_temporaries(run_dir))
     ckpt = run_dir / "checkpoint.pt"
     resumed = ckpt.exists()
     if env.is_distributed and dist.any_rank(resumed) != (not dist.any_rank(not resumed)):
@@ -666,7 +661,8 @@ def _run(loop: RoundLoop, pretrained: dict[str, torch.Tensor] | None, precision:
 
     together(env, restore_or_start)
     hosts = dist.hostnames()
-    if loop.writer:
+
+    def put_in_order() -> None:  # rank 0: rebuild the derived files, record this start
         last_weights = None  # the last finished round's weights, where the checkpoint holds them
         if loop.trunk_weights is not None:  # controls are training: the ticket's weights are kept aside
             last_weights = loop.trunk_weights
@@ -688,11 +684,16 @@ def _run(loop: RoundLoop, pretrained: dict[str, torch.Tensor] | None, precision:
         }
         extra = {"precision": precision, "config_hash": loop.hash, "processes": processes}
         provenance.record_start(run_dir, loop.device, resumed, extra)
-    dist.barrier()
+
+    loop.write(put_in_order)
     rounds = cfg.prune.rounds
     if loop.round < rounds or loop.pending:  # a finished run only reports; it opens no logger
         logged = (len(loop.epoch_rows), len(loop.round_rows))
-        loop.tracker_id = loop.tracker.start(run_dir, hashed_config(cfg), loop.tracker_id, logged)
+
+        def start_tracker() -> None:
+            loop.tracker_id = loop.tracker.start(run_dir, hashed_config(cfg), loop.tracker_id, logged)
+
+        loop.write(start_tracker)
     with graceful_stop() as stop:
         try:
             while loop.round < rounds or loop.pending:
@@ -716,7 +717,7 @@ def _train_round(loop: RoundLoop, stop: GracefulStop | None) -> None:
     record = loop.end_round()
     loop.save()
     kill_point(f"round_saved:{record['round']}")
-    loop.tracker.log_rounds(loop.round_rows)
+    loop.write(lambda: loop.tracker.log_rounds(loop.round_rows))
     log.info(
         "round %d/%d: %.2f%% weights remain, best val %.2f%%, test %.2f%% (epoch %d), %.1fs",
         record["round"],
@@ -744,7 +745,7 @@ def _train_epochs(loop: RoundLoop, stop: GracefulStop | None) -> None:
         loop.run_epoch()
         loop.save()
         kill_point(f"epoch_saved:{loop.current_round}:{loop.branch or 'ticket'}:{loop.epoch - 1}")
-        loop.tracker.log_epochs(loop.epoch_rows)
+        loop.write(lambda: loop.tracker.log_epochs(loop.epoch_rows))
         stop_if_requested(loop, stop)
 
 
@@ -756,7 +757,7 @@ def _train_control(loop: RoundLoop, stop: GracefulStop | None) -> None:
     _train_epochs(loop, stop)
     record = loop.end_control()
     loop.save()
-    loop.tracker.log_rounds(loop.round_rows)
+    loop.write(lambda: loop.tracker.log_rounds(loop.round_rows))
     log.info(
         "round %d %s control: %.2f%% weights remain, best val %.2f%%, test %.2f%% (epoch %d), %.1fs",
         record["round"],

@@ -110,6 +110,23 @@ def test_the_dataloader_path_yields_the_same_batches_as_the_device_path():
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_rank_shards_on_both_paths_union_to_the_single_process_batches(loader):
+    """600 augmented images, global batch 64 over 2 and 4 ranks (the last batch of 24: 12 or 6 each):
+    each step's shards, concatenated in rank order, are the single-process batch, crops and flips included."""
+    data = indexed_module(loader=loader, **({"num_workers": 1} if loader == "dataloader" else {}))
+    whole = list(data.batches("train", 64, seed=4))
+    for world in (2, 4):
+        shards = [list(data.batches("train", 64, seed=4, shard=(rank, world))) for rank in range(world)]
+        assert [len(s) for s in shards] == [len(whole)] * world
+        for step, (x, y) in enumerate(whole):
+            assert torch.equal(torch.cat([shards[rank][step][0] for rank in range(world)]), x)
+            assert torch.equal(torch.cat([shards[rank][step][1] for rank in range(world)]), y)
+    val = gather(data.batches("val", 4))  # evaluation: contiguous shares of the split, 10 = 5 + 5
+    shares = [gather(data.batches("val", 4, shard=(rank, 2))) for rank in (0, 1)]
+    assert torch.equal(torch.cat([shares[0][1], shares[1][1]]), val[1]) and len(shares[0][1]) == 5
+
+
 def test_a_wrong_loader_is_an_error_naming_the_key_and_the_choices():
     with pytest.raises(ValueError, match=r"dataset.loader='gpu': expected one of auto, device, dataloader"):
         indexed_module(loader="gpu")

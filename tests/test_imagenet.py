@@ -116,6 +116,24 @@ def test_an_epoch_order_and_its_augmentation_are_a_pure_function_of_the_seed(tre
     assert not torch.equal(a[0][0], plain[first])
 
 
+def test_rank_shards_of_an_augmented_epoch_union_to_the_single_process_batches(tree):
+    """15 images, global batch 4 over 2 ranks: every step's two shards, concatenated, are that step's batch
+    (images, their crops and flips, labels); evaluation shares cover the split once."""
+    root, _ = tree
+    data = imagenet(root)
+    whole = list(data.batches("train", 4, "cpu", seed=5))
+    shards = [list(data.batches("train", 4, "cpu", seed=5, shard=(rank, 2))) for rank in (0, 1)]
+    assert [len(s) for s in shards] == [len(whole)] * 2 == [4, 4]
+    assert [len(shards[1][-1][1]), len(shards[0][-1][1])] == [2, 1]  # the last batch of 3: 1 + 2
+    for step, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([shards[0][step][0], shards[1][step][0]]), x)
+        assert torch.equal(torch.cat([shards[0][step][1], shards[1][step][1]]), y)
+    test = gather(data.batches("test", 4, "cpu"))
+    shares = [gather(data.batches("test", 4, "cpu", shard=(rank, 2))) for rank in (0, 1)]
+    assert torch.equal(torch.cat([shares[0][0], shares[1][0]]), test[0])
+    assert torch.equal(torch.cat([shares[0][1], shares[1][1]]), test[1])
+
+
 def test_workers_cut_the_same_batches_as_the_main_process(tree):
     root, _ = tree
     inline = gather(imagenet(root).batches("train", 4, "cpu", seed=11))

@@ -166,3 +166,28 @@ def test_a_two_process_checkpoint_resumes_in_one_process(resnet_runs):
     assert [s["processes"]["world_size"] for s in starts] == [2, 1]
     masks, weights = tensors(one / "masks" / "round_1.pt"), tensors(one / "weights" / "round_1.pt")
     assert all(int((weights[n][~m] != 0).sum()) == 0 for n, m in masks.items())
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_stops_before_anything_is_written(tmp_path):
+    """The check runs before the process group is joined: one process of a 4-process torchrun world suffices."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env |= {"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+    cmd = [sys.executable, "launch.py", *LENET, "train.batch_size=6", f"paths.root={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "train.batch_size=6 does not split over 4 processes" in proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refusal_on_rank_0_stops_every_process_with_its_message(lenet_runs, tmp_path):
+    """Rank 0 refuses a folder holding another config's run; rank 1 stops too instead of waiting for it."""
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    shutil.copy(lenet_runs[2] / "config.yaml", folder / "config.yaml")
+    proc = start(tmp_path, [*LENET, "seed=1", f"paths.run_dir={folder}"], 2)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert out.count("holds another config's run") == 1, out[-3000:]
+    assert "rank 1: another process of this run failed" in out
+    assert (folder / "config.yaml").read_text() == (lenet_runs[2] / "config.yaml").read_text()  # untouched
+    assert not (folder / "checkpoint.pt").exists() and not (folder / "masks").exists()
