@@ -8,16 +8,28 @@ import pytest
 from helpers import FAST, FINISHED_ARGS, compose_config, launch
 from omegaconf import DictConfig
 
-# Module-scoped fixtures that train or launch runs: the tests using one go to one xdist worker, so the
-# fixture is built once rather than once per worker (``--dist loadgroup``; xdist_group markers).
-SHARED_RUNS = {"controlled", "refill_run", "round0", "rsst_round", "admm_round0", "two_ranks", "real_run"}
+# Fixtures that train or launch runs and are shared by several tests: the tests using one go to one
+# xdist worker, so the run is trained once rather than once per worker (``--dist loadgroup``), while
+# tests of different shared runs may still run side by side.
+SHARED_RUNS = {
+    "controlled",
+    "refill_run",
+    "round0",
+    "rsst_round",
+    "admm_round0",
+    "two_ranks",
+    "real_run",
+    "lenet_runs",
+    "resnet_runs",
+}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if SHARED_RUNS & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        shared = sorted(SHARED_RUNS & set(getattr(item, "fixturenames", ())))
+        if shared and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{shared[0]}"))
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 import torch
 from helpers import FAST, ROOT, only_run_dir, read_rounds
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]  # one worker: the runs use both cores
+pytestmark = pytest.mark.slow  # conftest.py sends the tests of each shared set of runs to one worker
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR", "RSST_KILL_AT")
 LENET = ["arch=lenet_300_100", "prune.include_fc=true", "struct=imp", "prune.rounds=2", *FAST[1:]]
