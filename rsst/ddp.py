@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rsst.distributed import DistEnv, _active
+from rsst.distributed import DistEnv, active
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -45,7 +45,7 @@ class GlobalBatchNorm:
     sync = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and self.sync and _active()):
+        if not (self.training and self.sync and active()):
             return super().forward(x)  # type: ignore[misc]
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
@@ -62,7 +62,7 @@ class GlobalBatchNorm:
         mean = total[:channels] / count
         var = (total[channels : 2 * channels] / count - mean * mean).clamp_min(0)
         if self.track_running_stats:  # type: ignore[attr-defined]
-            self._update_running(mean.detach(), var.detach(), float(count.detach()))
+            self._update_running(mean.detach(), var.detach(), count.detach())
         shape = [1, channels, *([1] * (x.dim() - 2))]
         y = (xf - mean.float().view(shape)) * torch.rsqrt(var.float().view(shape) + self.eps)  # type: ignore[attr-defined]
         if self.affine:  # type: ignore[attr-defined]
@@ -70,14 +70,18 @@ class GlobalBatchNorm:
         return y.to(x.dtype)
 
     @torch.no_grad()
-    def _update_running(self, mean: Tensor, var: Tensor, count: float) -> None:
+    def _update_running(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        """Momentum update of the running statistics, on the device (no host synchronisation)."""
         self.num_batches_tracked.add_(1)  # type: ignore[attr-defined]
         momentum = self.momentum  # type: ignore[attr-defined]
-        factor = 1.0 / float(self.num_batches_tracked) if momentum is None else momentum  # type: ignore[attr-defined]
-        unbiased = var * (count / max(count - 1.0, 1.0))
+        if momentum is None:  # a cumulative average: 1 / batches seen so far
+            factor = 1.0 / self.num_batches_tracked.to(torch.float64)  # type: ignore[attr-defined]
+        else:
+            factor = torch.tensor(float(momentum), dtype=torch.float64, device=mean.device)
+        unbiased = var * count / (count - 1.0).clamp_min(1.0)
         running_mean, running_var = self.running_mean, self.running_var  # type: ignore[attr-defined]
-        running_mean.mul_(1 - factor).add_(mean.to(running_mean.dtype), alpha=factor)
-        running_var.mul_(1 - factor).add_(unbiased.to(running_var.dtype), alpha=factor)
+        running_mean.copy_(running_mean * (1 - factor) + mean * factor)
+        running_var.copy_(running_var * (1 - factor) + unbiased * factor)
 
 
 class GlobalBatchNorm1d(GlobalBatchNorm, nn.BatchNorm1d):

@@ -159,7 +159,8 @@ def is_writer(env: DistEnv) -> bool:
     return env.rank == 0
 
 
-def _active() -> bool:
+def active() -> bool:
+    """Whether this process is in a process group of more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -172,7 +173,7 @@ def _comm_device() -> torch.device:
 
 def barrier() -> None:
     """Wait until every rank gets here (after rank 0 wrote something the others read)."""
-    if _active():
+    if active():
         dist.barrier()
 
 
@@ -274,7 +275,7 @@ def _unflatten_into(group: list[Tensor], flat: Tensor) -> None:
 
 def all_reduce_sum_(tensors: Iterable[Tensor]) -> None:
     """Replace every tensor by its sum over the ranks, in place (one collective per dtype and device)."""
-    if not _active():
+    if not active():
         return
     for group, flat in _flat_groups(tensors):
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
@@ -283,7 +284,7 @@ def all_reduce_sum_(tensors: Iterable[Tensor]) -> None:
 
 def broadcast_masks_(masks: Mapping[str, Tensor], src: int = 0) -> None:
     """Overwrite every rank's masks with rank ``src``'s, in place (same names and shapes on every rank)."""
-    if not _active():
+    if not active():
         return
     for group, flat in _flat_groups(masks[name] for name in sorted(masks)):
         dist.broadcast(flat, src=src)
@@ -317,7 +318,7 @@ def check_identical(tensors_by_name: Mapping[str, Tensor], what: str) -> None:
     so the comparison moves a few integers per tensor, not the tensors. ``what`` names the
     set in the message (e.g. ``"round 2 masks"``).
     """
-    if not _active():
+    if not active():
         return
     names = list(tensors_by_name)
     world_size, device = dist.get_world_size(), _comm_device()
@@ -348,7 +349,7 @@ def reduce_accuracy(correct: int | Tensor, seen: int) -> float:
     Every rank returns the same number (integer counts are summed exactly).
     """
     counts = torch.tensor([int(correct), int(seen)], dtype=torch.int64)
-    if _active():
+    if active():
         counts = counts.to(_comm_device())
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     total_correct, total_seen = (int(c) for c in counts)
@@ -364,7 +365,7 @@ def any_rank(flag: bool) -> bool:
     one rank first, or a refusal on rank 0 (say, the run-folder lock) that the others must
     follow rather than wait in the next collective.
     """
-    if not _active():
+    if not active():
         return flag
     votes = torch.tensor([int(flag)], dtype=torch.int64, device=_comm_device())
     dist.all_reduce(votes, op=dist.ReduceOp.MAX)
@@ -374,7 +375,7 @@ def any_rank(flag: bool) -> bool:
 def hostnames() -> list[str]:
     """The sorted distinct host names of the run's processes (for provenance); a collective."""
     own = socket.gethostname()
-    if not _active():
+    if not active():
         return [own]
     encoded = own.encode()[:HOSTNAME_BYTES]
     buffer = torch.zeros(HOSTNAME_BYTES, dtype=torch.uint8)
