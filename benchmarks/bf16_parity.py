@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rsst.training import native_bf16_cpu, processor_name
+from rsst.training import fast_bf16_cpu, processor_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": "off", "bf16": "bf16"}
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "processor": processor_name(),
-        "native_bf16": native_bf16_cpu()[0],
+        "fast_bf16": fast_bf16_cpu()[0],
     }
     print(table(runs, summary, seeds), flush=True)
     print(json.dumps({"summary": summary, "settings": settings}), flush=True)

@@ -25,7 +25,7 @@ schedule, and is timed over ``--epochs`` epochs after ``--warmup`` untimed ones:
   ``M | R`` and penalises ``M & ~R``.
 
 Prints one JSON line per loop and precision (images/s, seconds per epoch, peak memory, the
-device with the processor's model and whether it has native bf16 units, settings) and a last
+device with the processor's model and the bf16 units PyTorch reports, settings) and a last
 line of ratios.
 """
 
@@ -53,10 +53,10 @@ from rsst.training import (
     AMP_CHOICES,
     Execution,
     compile_model,
-    native_bf16_cpu,
     processor_name,
     resolve_amp_name,
     resolve_device,
+    torch_bf16_units,
     train_epoch,
 )
 
@@ -273,11 +273,11 @@ def bench_project(
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model, thread count and whether it has native bf16 units."""
+    """The GPU's name, or the CPU's model, thread count and the bf16 units PyTorch reports."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    native = "native bf16" if native_bf16_cpu()[0] else "no native bf16"
-    return f"CPU ({processor_name()}, {torch.get_num_threads()} threads, {native})"
+    units = ", ".join(torch_bf16_units() or []) or "none"
+    return f"CPU ({processor_name()}, {torch.get_num_threads()} threads, bf16 units: {units})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import pytest
 from helpers import ROOT
 
 from rsst.data.fashion_mnist import SYSTEM_ROOT
-from rsst.training import native_bf16_cpu
+from rsst.training import fast_bf16_cpu, torch_bf16_units
 
 FIELDS = {
     "loop",
@@ -63,7 +63,7 @@ def test_quick_mode_prints_one_json_line_per_loop_and_precision_and_the_ratios()
         *((loop, "off") for loop in LOOPS),
         *((loop, "bf16") for loop in PROJECT),
     ]
-    native = "native bf16" if native_bf16_cpu()[0] else "no native bf16"
+    native = "bf16 units: " + (", ".join(torch_bf16_units() or []) or "none")
     for row in rows:
         assert set(row) == FIELDS
         assert row["images_per_s"] > 0 and row["seconds_per_epoch"] > 0
@@ -168,7 +168,7 @@ def test_parity_quick_mode_trains_both_precisions_on_fashion_mnist_and_prints_th
         assert row["fp32"] == {"mean": round(fp32["test_acc"][rnd], 2), "std": None, "n": 1}
         assert row["bf16_minus_fp32"] == pytest.approx(bf16["test_acc"][rnd] - fp32["test_acc"][rnd], abs=0.011)
     assert (settings["train_subset"], settings["epochs"], settings["width"], settings["seeds"]) == (128, 1, 4, 1)
-    assert settings["native_bf16"] is native_bf16_cpu()[0]
+    assert settings["fast_bf16"] is fast_bf16_cpu()[0]
     assert f"| dense (round 0) | bf16 | {bf16['test_acc']['0']:.2f} |" in proc.stdout
 
 

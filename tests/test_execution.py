@@ -15,7 +15,7 @@ from rsst.optim import build_optimizer, build_scheduler
 from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune
 from rsst.run import RoundLoop
 from rsst.rundir import config_hash, run_directory
-from rsst.training import Execution, compile_model, native_bf16_cpu, train_epoch
+from rsst.training import Execution, compile_model, fast_bf16_cpu, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -38,9 +38,9 @@ def one_epoch(model, weights, masks, batches, execution=None, hook=None):
     return train_epoch(model, batches, opt, sched, w, m, grad_hook=hook, execution=execution)
 
 
-def test_auto_settings_are_channels_last_and_bf16_only_with_native_units_on_the_cpu():
+def test_auto_settings_are_channels_last_and_bf16_only_where_bf16_is_faster_on_the_cpu():
     run = Execution.from_config("auto", "auto", CPU)
-    native = native_bf16_cpu()[0]  # fp32 on a CPU that would emulate bf16 (tests/test_precision.py)
+    native = fast_bf16_cpu()[0]  # fp32 on a CPU without AMX (tests/test_precision.py)
     assert run.amp == (torch.bfloat16 if native else None) and run.channels_last is True and run.scaler is None
     assert Execution.from_config("auto", "auto", torch.device("mps")).channels_last is False
     assert Execution.from_config("bf16", True, CPU).amp == torch.bfloat16

@@ -1,9 +1,10 @@
-"""``train.amp=auto``: bf16 where the processor has native bf16 units; the precision is part of a run's identity."""
+"""``train.amp=auto``: bf16 where bf16 is faster than fp32 (AMX); the precision is part of a run's identity."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from rsst.training import (
     AMP_MODES,
     Execution,
     cpuinfo_flags,
-    native_bf16_cpu,
+    fast_bf16_cpu,
     resolve_amp,
     resolve_amp_name,
     resolve_device,
@@ -31,32 +32,46 @@ CPU = torch.device("cpu")
 
 # -- detection -------------------------------------------------------------------------------------
 
-
-@pytest.mark.parametrize("native", [True, False])
-def test_the_detection_follows_what_pytorch_reports(native):
-    found, reason = native_bf16_cpu(torch_says=native)
-    assert found is native
-    assert reason.startswith("PyTorch reports ")
-    assert ("no " in reason) is not native
+X86 = platform.machine().lower() not in ("aarch64", "arm64")
+x86_only = pytest.mark.skipif(not X86, reason="the x86 rule (AMX) is tested on x86")
 
 
+@x86_only
 @pytest.mark.parametrize(
-    ("flags", "native", "named"),
+    ("units", "fast", "named"),
     [
-        ({"fpu", "avx2", "amx_bf16", "amx_tile", "amx_int8"}, True, "amx_bf16"),
-        ({"fpu", "avx2", "avx512f", "avx512_bf16"}, True, "avx512_bf16"),
-        ({"fpu", "sse4_2", "avx2", "fma", "avx512f", "avx512_vnni"}, False, "no amx_bf16 or avx512_bf16"),
+        (["amx_bf16", "avx512_bf16"], True, "reports amx_bf16 on this CPU: bf16 is faster"),
+        (["amx_bf16"], True, "reports amx_bf16 on this CPU"),
+        (["avx512_bf16"], False, "reports avx512_bf16 but no amx_bf16 on this CPU: bf16 would be slower"),
+        ([], False, "reports no amx_bf16 or avx512_bf16 on this CPU"),
     ],
 )
-def test_the_detection_falls_back_to_the_processor_flags(flags, native, named):
-    found, reason = native_bf16_cpu(cpu_flags=flags)
-    assert found is native
-    assert reason.startswith("/proc/cpuinfo lists ") and named in reason
+def test_auto_wants_amx_in_what_pytorch_reports_not_avx512_bf16_alone(units, fast, named):
+    found, reason = fast_bf16_cpu(torch_units=units)
+    assert found is fast
+    assert reason == f"PyTorch {named}" or reason.startswith(f"PyTorch {named}")
 
 
+@x86_only
+@pytest.mark.parametrize(
+    ("flags", "fast", "named"),
+    [
+        ({"fpu", "avx2", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}, True, "lists amx_bf16 on this CPU"),
+        ({"fpu", "avx2", "avx512f", "avx512_bf16"}, False, "lists avx512_bf16 but no amx_bf16"),
+        ({"fpu", "sse4_2", "avx2", "fma", "avx512f", "avx512_vnni"}, False, "lists no amx_bf16 or avx512_bf16"),
+    ],
+)
+def test_the_rule_falls_back_to_the_processor_flags(flags, fast, named):
+    found, reason = fast_bf16_cpu(cpu_flags=flags)
+    assert found is fast
+    assert reason.startswith(f"/proc/cpuinfo {named}")
+
+
+@x86_only
 def test_pytorchs_report_wins_over_the_flags_when_both_are_given():
-    assert native_bf16_cpu(torch_says=False, cpu_flags={"amx_bf16", "avx512_bf16"})[0] is False
-    assert native_bf16_cpu(torch_says=True, cpu_flags={"avx2"})[0] is True
+    assert fast_bf16_cpu(torch_units=["avx512_bf16"], cpu_flags={"amx_bf16"})[0] is False
+    assert fast_bf16_cpu(torch_units=["amx_bf16"], cpu_flags={"avx2"})[0] is True
+    assert fast_bf16_cpu(cpu_flags=set())[1] == "neither PyTorch nor /proc/cpuinfo reports the CPU's features"
 
 
 def test_the_flags_are_read_from_the_x86_flags_and_arm_features_lines(tmp_path):
@@ -65,15 +80,17 @@ def test_the_flags_are_read_from_the_x86_flags_and_arm_features_lines(tmp_path):
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
     assert cpuinfo_flags(x86) == {"fpu", "avx2", "amx_bf16", "amx_tile"}
-    assert native_bf16_cpu(cpu_flags=cpuinfo_flags(x86))[0] is True
+    if X86:
+        assert fast_bf16_cpu(cpu_flags=cpuinfo_flags(x86))[0] is True
     assert "bf16" in cpuinfo_flags(arm)
     assert cpuinfo_flags(tmp_path / "missing") == set()
 
 
-def test_this_machines_detection_agrees_with_pytorchs_capabilities():
+def test_this_machines_rule_reads_pytorchs_capabilities():
     capabilities = torch.cpu.get_capabilities()
-    expected = any(capabilities.get(unit) is True for unit in ("amx_bf16", "avx512_bf16", "bf16", "sve_bf16"))
-    found, reason = native_bf16_cpu()
+    units = ("amx_bf16",) if X86 else ("bf16", "sve_bf16")
+    expected = any(capabilities.get(unit) is True for unit in units)
+    found, reason = fast_bf16_cpu()
     assert found is expected, reason
     assert reason.startswith("PyTorch reports")
 
@@ -81,20 +98,23 @@ def test_this_machines_detection_agrees_with_pytorchs_capabilities():
 # -- resolution ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_is_bf16_on_the_cpu_exactly_when_the_detection_says_native(native):
-    detected = native_bf16_cpu(torch_says=native)
-    name, reason = resolve_amp_name("auto", CPU, detected)
-    assert name == ("bf16" if native else "off")
+@x86_only
+@pytest.mark.parametrize(
+    ("units", "name"), [(["amx_bf16", "avx512_bf16"], "bf16"), (["avx512_bf16"], "off"), ([], "off")]
+)
+def test_auto_on_the_cpu_is_bf16_with_amx_and_fp32_with_avx512_bf16_alone(units, name):
+    detected = fast_bf16_cpu(torch_units=units)
+    resolved, reason = resolve_amp_name("auto", CPU, detected)
+    assert resolved == name
     assert reason == f"auto, {detected[1]}"
-    flags = {"avx512_bf16"} if native else {"avx2"}
-    assert resolve_amp_name("auto", CPU, native_bf16_cpu(cpu_flags=flags))[0] == name
+    flags = {"avx512_bf16", *(["amx_bf16"] if "amx_bf16" in units else [])}
+    assert resolve_amp_name("auto", CPU, fast_bf16_cpu(cpu_flags=flags))[0] == name
 
 
-def test_auto_on_this_cpu_follows_this_cpus_detection_and_gives_the_execution_its_dtype():
-    native, why = native_bf16_cpu()
-    assert resolve_amp_name("auto", CPU) == ("bf16" if native else "off", f"auto, {why}")
-    assert Execution.from_config("auto", False, CPU).amp == (torch.bfloat16 if native else None)
+def test_auto_on_this_cpu_follows_this_cpus_rule_and_gives_the_execution_its_dtype():
+    fast, why = fast_bf16_cpu()
+    assert resolve_amp_name("auto", CPU) == ("bf16" if fast else "off", f"auto, {why}")
+    assert Execution.from_config("auto", False, CPU).amp == (torch.bfloat16 if fast else None)
 
 
 @pytest.mark.parametrize(("value", "name"), [("off", "off"), (False, "off"), ("bf16", "bf16"), ("fp16", "fp16")])

@@ -1,0 +1,488 @@
+"""Study: does RSST beat Refill? Structured tickets of ResNet-20 on real CIFAR-10, against IMP.
+
+    python benchmarks/structured_study.py --out ~/studies/structured dataset.root=DATA
+    python benchmarks/structured_study.py --quick --out DIR dataset.root=DIR  # smoke run (CI)
+
+Runs one ``launch.py -m`` sweep per seed over ``struct=refill,rsst,imp`` with the seed project's
+settings (criterion ``l1``, schedule ``exp_custom_exponents`` with g = 1 and n = 4,
+``fillback_rate`` 0, rate 0.2 per round, rewind to init) and one shared budget for every method
+(:data:`BUDGET`: the same data subset, rounds, epochs, optimiser, lr schedule and seeds). Every run
+resumes: rerunning the same command continues where it stopped, and finished runs are read without
+training. Then, for the sparsest round, it exports the Refill and RSST tickets of the first seed
+(``rsst.export``: params, MACs and the batch-1 and batch-256 CPU latency against dense), draws the
+study with ``rsst.report`` (accuracy against channel density and against MACs), and writes:
+
+* ``OUT/study.json``: per round and method, mean ± std over seeds of the ticket's test accuracy
+  (at its best-validation epoch), RSST's ``trained_test_acc`` (the denser ``M_r | R_r`` as trained,
+  what the original code reported), weight density, channel density, params, MACs and the
+  theoretical speed-up (dense MACs / ticket MACs); ``penalised_norm_start``/``_end`` of RSST;
+  the latency figures; the verdict; the budget, the machine and the compute time;
+* ``OUT/study.md``: the same as tables and the verdict in words.
+
+The verdict compares RSST with Refill per pruned round, paired by seed: the mean difference in
+points and its std over seeds, and whether the difference is larger than the seed-to-seed spread
+(|mean difference| above the larger of the two methods' std over seeds). RSST "beats" Refill when
+it is ahead beyond the spread at a majority of the pruned rounds, and the other way round; else
+the answer is "no difference beyond the seed spread". It is given twice: for the tickets, and for
+RSST's network as trained against Refill's ticket.
+
+``--controls reinit`` trains the ``reinit`` control on every pruned Refill and RSST ticket (is a
+structured ticket a ticket?); ``--ablation period_epoch`` or ``--ablation g=0.1`` adds RSST runs
+with ``schedule.period=epoch`` or another ``reg_granularity_prune``. Extra arguments go to
+``launch.py`` as overrides. Training uses ``OMP_NUM_THREADS`` threads (2 unless set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rsst.training import processor_name  # noqa: E402
+
+METHODS = ("refill", "rsst", "imp")
+# The seed project's method settings, identical for every method where they apply.
+METHOD = [
+    "dataset=cifar10",
+    "arch=resnet20",
+    "criteria=l1",
+    "schedule=exp_custom_exponents",
+    "schedule.reg_granularity_prune=1.0",
+    "schedule.exponents=4",
+    "prune.rate=0.2",
+    "prune.rewind=init",
+]
+# The budget: 20,000 training images (of the 45,000), the full 5,000 val and 10,000 test images,
+# 5 pruned rounds (0.8^5 = 32.8% of the weights), 8 epochs per round with the lr cut at 4 and 6.
+# Explicit bf16 autocast, so the run folders do not depend on what `auto` picks on a machine.
+BUDGET = [
+    "prune.rounds=6",
+    "dataset.train_subset=20000",
+    "train.epochs=8",
+    "train.batch_size=128",
+    "train.amp=bf16",
+    "optimizer=sgd",
+    "optimizer.lr=0.1",
+    "optimizer.momentum=0.9",
+    "optimizer.weight_decay=5e-4",
+    "lr_schedule.warmup_epochs=0",
+    "lr_schedule.milestones=[4,6]",
+    "lr_schedule.gamma=0.1",
+]
+QUICK = [
+    "prune.rounds=3",
+    "train.epochs=1",
+    "dataset.train_subset=64",
+    "dataset.eval_subset=50",
+    "arch.width=4",
+    "train.batch_size=32",
+    "train.amp=off",
+    "criteria.batches=1",
+]
+ABLATIONS = {"period_epoch": ["schedule.period=epoch"]}
+
+
+def ablation_overrides(name: str) -> list[str]:
+    if name in ABLATIONS:
+        return ABLATIONS[name]
+    if name.startswith("g="):
+        value = float(name[2:])
+        if not value > 0:
+            raise ValueError(f"--ablation {name}: g must be > 0")
+        return [f"schedule.reg_granularity_prune={value:g}"]
+    raise ValueError(f"--ablation {name!r}: expected one of {', '.join(ABLATIONS)} or g=<float>")
+
+
+def sweeps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(label, launch.py arguments) of every sweep: one per seed, and one per seed and ablation (RSST only)."""
+    budget = QUICK if args.quick else BUDGET
+    controls = f"prune.controls=[{','.join(args.controls)}]" if args.controls else None
+
+    def common(seed: int) -> list[str]:
+        return [*METHOD, *budget, f"seed={seed}", "progress=false", *args.overrides]
+
+    structured = [controls] if controls else []
+    # Refill and RSST of every seed first (the study's question), then the IMP reference, then ablations.
+    out = [(f"seed {s}: refill, rsst", ["-m", "struct=refill,rsst", *common(s), *structured]) for s in args.seeds]
+    out += [(f"seed {s}: imp", ["-m", "struct=imp", *common(s)]) for s in args.seeds]
+    for name in args.ablation:
+        for s in args.seeds:
+            out.append(
+                (f"seed {s}: rsst {name}", ["-m", "struct=rsst", *common(s), *structured, *ablation_overrides(name)])
+            )
+    return out
+
+
+def read_runs(out: Path) -> list[dict[str, Any]]:
+    """Every run folder under ``out`` with its hash-checked config and its rounds."""
+    from rsst.rundir import read_verified_config
+
+    runs = []
+    for rounds in sorted(out.glob("*/rounds.json")):
+        cfg = read_verified_config(rounds.parent)
+        runs.append({"dir": rounds.parent, "cfg": cfg, "rows": json.loads(rounds.read_text())})
+    return runs
+
+
+def method_of(run: dict[str, Any], ablations: list[str]) -> str:
+    """``imp``, ``refill``, ``rsst`` or ``rsst <ablation>``, from the run's config."""
+    cfg = run["cfg"]
+    name = cfg["struct"]["_target_"].rsplit(".", 1)[-1].lower()
+    if name == "rsst":
+        sched = cfg["schedule"]
+        if sched.get("period") == "epoch":
+            return "rsst period_epoch"
+        if float(sched.get("reg_granularity_prune", 1.0)) != 1.0:
+            return f"rsst g={float(sched['reg_granularity_prune']):g}"
+    return name
+
+
+def mean_std(values: list[float]) -> dict[str, Any] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {
+        "mean": round(statistics.fmean(values), 3),
+        "std": round(statistics.stdev(values), 3) if len(values) > 1 else None,
+        "n": len(values),
+    }
+
+
+def summarise(runs: list[dict[str, Any]], ablations: list[str]) -> dict[str, Any]:
+    """Per method and round, mean ± std over seeds of the figures the study reports."""
+    by: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for run in runs:
+        method = method_of(run, ablations)
+        for row in run["rows"]:
+            branch = row.get("branch")
+            key = method if branch is None else f"{method} {branch}"
+            by.setdefault(key, {}).setdefault(row["round"], []).append({**row, "seed": run["cfg"]["seed"]})
+    dense_macs = [r.get("macs") for rows in by.get("refill", {}).get(0, []) for r in [rows]]
+    dense = {}
+    if "imp" in by and 0 in by["imp"]:
+        dense = {"test_acc": mean_std([r["test_acc"] for r in by["imp"][0]])}
+    table: dict[str, list[dict[str, Any]]] = {}
+    for key, rounds in sorted(by.items()):
+        entries = []
+        for r, rows in sorted(rounds.items()):
+            entry: dict[str, Any] = {"round": r, "seeds": sorted(row["seed"] for row in rows)}
+            entry["test_acc"] = mean_std([row["test_acc"] for row in rows])
+            if any("trained_test_acc" in row for row in rows) and key.startswith("rsst"):
+                entry["trained_test_acc"] = mean_std([row.get("trained_test_acc") for row in rows])
+            entry["weight_density"] = mean_std([row["remain_weight"] for row in rows])
+            entry["channel_density"] = mean_std([100.0 - row.get("channel_sparsity", 0.0) for row in rows])
+            for k in ("params", "macs", "penalised_norm_start", "penalised_norm_end", "reg_lambda"):
+                if any(k in row for row in rows):
+                    entry[k] = mean_std([row.get(k) for row in rows])
+            entries.append(entry)
+        table[key] = entries
+    del dense_macs
+    return {"dense": dense, "methods": table}
+
+
+def attach_sizes(summary: dict[str, Any], dense_params: int, dense_macs: int) -> None:
+    """Dense rounds and IMP tickets export to the dense network's size; speed-up = dense MACs / ticket MACs."""
+    for entries in summary["methods"].values():
+        for e in entries:
+            if "macs" not in e:  # dense round 0, IMP, or a control: no channel removed
+                e["params"] = {"mean": dense_params, "std": 0.0, "n": e["test_acc"]["n"]}
+                e["macs"] = {"mean": dense_macs, "std": 0.0, "n": e["test_acc"]["n"]}
+            e["speedup"] = round(dense_macs / e["macs"]["mean"], 3)
+    summary["dense_size"] = {"params": dense_params, "macs": dense_macs}
+
+
+def paired(runs: list[dict[str, Any]], a: str, b: str, metric_a: str, metric_b: str, ablations) -> list[dict]:
+    """Per pruned round: (a - b) per seed, its mean and std, and whether it exceeds the seed spread."""
+    rows: dict[str, dict[tuple[int, int], dict]] = {a: {}, b: {}}
+    for run in runs:
+        m = method_of(run, ablations)
+        if m in rows:
+            for row in run["rows"]:
+                if row.get("branch") is None:
+                    rows[m][(row["round"], run["cfg"]["seed"])] = row
+    out = []
+    for r in sorted({r for r, _ in rows[a]} & {r for r, _ in rows[b]}):
+        if r == 0:
+            continue
+        seeds = sorted({s for rr, s in rows[a] if rr == r} & {s for rr, s in rows[b] if rr == r})
+        if not seeds:
+            continue
+        va = [rows[a][(r, s)][metric_a] for s in seeds]
+        vb = [rows[b][(r, s)][metric_b] for s in seeds]
+        diffs = [x - y for x, y in zip(va, vb, strict=True)]
+        spread = max((statistics.stdev(v) for v in (va, vb) if len(v) > 1), default=None)
+        mean = statistics.fmean(diffs)
+        out.append(
+            {
+                "round": r,
+                "seeds": seeds,
+                "diff": round(mean, 3),
+                "diff_std": round(statistics.stdev(diffs), 3) if len(diffs) > 1 else None,
+                "seed_spread": None if spread is None else round(spread, 3),
+                "beyond_spread": None if spread is None else abs(mean) > spread,
+            }
+        )
+    return out
+
+
+def answer(diffs: list[dict], a: str = "RSST", b: str = "Refill") -> str:
+    if not diffs:
+        return f"cannot be judged yet: no pruned round has finished for both {a} and {b}"
+    wins = sum(1 for d in diffs if d["beyond_spread"] and d["diff"] > 0)
+    losses = sum(1 for d in diffs if d["beyond_spread"] and d["diff"] < 0)
+    n = len(diffs)
+    mean = statistics.fmean(d["diff"] for d in diffs)
+    tail = f"(mean {a} - {b} over the {n} pruned rounds {mean:+.2f} points; ahead beyond the seed spread at "
+    tail += f"{wins} of {n}, behind beyond it at {losses} of {n})"
+    if wins > n / 2:
+        return f"yes: {a} beats {b} {tail}"
+    if losses > n / 2:
+        return f"no: {b} beats {a} {tail}"
+    return f"no difference beyond the seed spread {tail}"
+
+
+def fmt(stat: dict | None, digits: int = 2) -> str:
+    if stat is None:
+        return "-"
+    if stat.get("std") is None:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def tables(summary: dict[str, Any]) -> str:
+    head = [
+        "method",
+        "round",
+        "weights %",
+        "channels %",
+        "test acc (ticket)",
+        "trained test acc",
+        "params",
+        "MACs",
+        "speed-up",
+        "|P_r| start -> end",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for key, entries in summary["methods"].items():
+        for e in entries:
+            norms = "-"
+            if "penalised_norm_end" in e:
+                norms = f"{fmt(e['penalised_norm_start'], 3)} -> {fmt(e['penalised_norm_end'], 4)}"
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        key,
+                        str(e["round"]),
+                        fmt(e["weight_density"]),
+                        fmt(e["channel_density"]),
+                        fmt(e["test_acc"]),
+                        fmt(e.get("trained_test_acc")),
+                        f"{e['params']['mean']:,.0f}",
+                        f"{e['macs']['mean'] / 1e6:.2f}M",
+                        f"{e['speedup']:.2f}x",
+                        norms,
+                    ]
+                )
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def diff_table(diffs: list[dict]) -> str:
+    lines = ["| round | RSST - Refill (points) | seed spread | beyond spread |", "| --- | --- | --- | --- |"]
+    for d in diffs:
+        std = "" if d["diff_std"] is None else f" ± {d['diff_std']:.2f}"
+        spread = "-" if d["seed_spread"] is None else f"{d['seed_spread']:.2f}"
+        beyond = "" if d["beyond_spread"] is None else ("yes" if d["beyond_spread"] else "no")
+        lines.append(f"| {d['round']} | {d['diff']:+.2f}{std} | {spread} | {beyond} |")
+    return "\n".join(lines)
+
+
+def run_quiet(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def export_sparsest(runs: list[dict[str, Any]], ablations: list[str], env: dict[str, str], repeats: int) -> dict:
+    """``rsst.export`` of the sparsest finished round of the first seed's Refill and RSST runs."""
+    out: dict[str, Any] = {}
+    for method in ("refill", "rsst"):
+        candidates = [r for r in runs if method_of(r, ablations) == method]
+        if not candidates:
+            continue
+        run = min(candidates, key=lambda r: r["cfg"]["seed"])
+        rnd = max((row["round"] for row in run["rows"] if row.get("branch") is None), default=0)
+        if rnd == 0:
+            continue
+        proc = run_quiet(
+            [
+                sys.executable,
+                "-m",
+                "rsst.export",
+                str(run["dir"]),
+                "--round",
+                str(rnd),
+                "--device",
+                "cpu",
+                "--repeats",
+                str(repeats),
+            ],
+            env,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"rsst.export failed for {run['dir']} (exit {proc.returncode}): {proc.stderr.strip()}")
+        result = json.loads((run["dir"] / f"export_round_{rnd}.json").read_text())
+        out[method] = {
+            "run_dir": str(run["dir"]),
+            "seed": run["cfg"]["seed"],
+            "round": rnd,
+            **{k: result[k] for k in result if k.startswith("latency_ms") or k in ("params", "macs")},
+        }
+    return out
+
+
+def latency_table(exports: dict) -> str:
+    lines = [
+        "| ticket | round | batch | dense ms | exported ms | exported / dense |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, e in exports.items():
+        for key in sorted(k for k in e if k.startswith("latency_ms")):
+            lat = e[key]
+            b = key.removeprefix("latency_ms_batch")
+            lines.append(
+                f"| {method} | {e['round']} | {b} | {lat['dense']:.2f} | {lat['exported']:.2f} | {lat['ratio']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def dense_size(env: dict[str, str], quick: bool) -> tuple[int, int]:
+    """Params and MACs of the dense network the study trains (ResNet-20 of the study's width, CIFAR shape)."""
+    from rsst.models.cifar_resnet import resnet20
+    from rsst.models.size import count_macs, count_params
+
+    model = resnet20(num_classes=10, in_channels=3, image_size=32, **({"width": 4} if quick else {}))
+    return count_params(model), count_macs(model, (1, 3, 32, 32))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 pruned rounds of 1 epoch on 64 images")
+    parser.add_argument("--seeds", default="1,2", help="comma-separated seeds (default 1,2)")
+    parser.add_argument("--out", default=None, help="the study folder (default multirun_outputs/structured_study)")
+    parser.add_argument("--controls", default="", help="controls on the structured tickets, e.g. reinit")
+    parser.add_argument("--ablation", action="append", default=[], help="extra RSST runs: period_epoch or g=<float>")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency (median reported)")
+    parser.add_argument("--no-train", action="store_true", help="only summarise the runs already in --out")
+    parser.add_argument("overrides", nargs="*", help="extra launch.py overrides, e.g. dataset.root=DIR")
+    args = parser.parse_args(argv)
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+        assert all(s >= 0 for s in args.seeds)
+    except (ValueError, AssertionError):
+        parser.error(f"--seeds={args.seeds!r}: expected comma-separated integers >= 0, e.g. 1,2")
+    args.controls = [c for c in args.controls.split(",") if c]
+    if any(c not in ("reinit", "shuffle_layerwise") for c in args.controls):
+        parser.error(f"--controls={','.join(args.controls)!r}: expected reinit and/or shuffle_layerwise")
+    for name in args.ablation:
+        try:
+            ablation_overrides(name)
+        except ValueError as exc:
+            parser.error(str(exc))
+    out = Path(args.out or f"multirun_outputs/structured_study{'_quick' if args.quick else ''}").expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    env.setdefault("OMP_NUM_THREADS", "2")
+
+    timing_file = out / "study_time.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {"sweep_seconds": 0.0, "starts": 0}
+    if not args.no_train:
+        for label, sweep in sweeps(args):
+            sys.stderr.write(f"== {label}\n")
+            start = time.perf_counter()
+            cmd = [sys.executable, "launch.py", *sweep, f"hydra.sweep.dir={out}"]
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=sys.stderr)
+            timing["sweep_seconds"] += time.perf_counter() - start
+            timing["starts"] += 1
+            timing_file.write_text(json.dumps(timing) + "\n")
+            if proc.returncode != 0:
+                raise SystemExit(f"the sweep '{label}' failed (launch.py exit {proc.returncode}); its log is above")
+
+    runs = read_runs(out)
+    summary = summarise(runs, args.ablation)
+    attach_sizes(summary, *dense_size(env, args.quick))
+    ticket = paired(runs, "rsst", "refill", "test_acc", "test_acc", args.ablation)
+    trained = paired(runs, "rsst", "refill", "trained_test_acc", "test_acc", args.ablation)
+    exports = export_sparsest(runs, args.ablation, env, args.repeats)
+    compute = sum(row.get("seconds", 0.0) for run in runs for row in run["rows"])
+    for x in ("remain_weight", "macs"):
+        rep = run_quiet(
+            [sys.executable, "-m", "rsst.report", str(out), "--x", x, "--out", str(out / f"report_{x}")], env
+        )
+        if rep.returncode != 0:
+            raise SystemExit(f"rsst.report failed (exit {rep.returncode}): {rep.stderr.strip()}")
+    verdict = {
+        "ticket": answer(ticket),
+        "trained": answer(trained, "RSST as trained", "Refill"),
+        "ticket_rounds": ticket,
+        "trained_rounds": trained,
+    }
+    settings = {
+        "quick": args.quick,
+        "seeds": args.seeds,
+        "method": METHOD,
+        "budget": QUICK if args.quick else BUDGET,
+        "controls": args.controls,
+        "ablation": args.ablation,
+        "overrides": args.overrides,
+        "processor": processor_name(),
+        "cpus": os.cpu_count(),
+        "threads": env["OMP_NUM_THREADS"],
+        "training_seconds": round(compute, 1),
+        "sweep_seconds_all_starts": round(timing["sweep_seconds"], 1),
+        "starts": timing["starts"],
+    }
+    result = {"summary": summary, "verdict": verdict, "latency": exports, "settings": settings}
+    (out / "study.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = [
+        "# Structured study: RSST against Refill (and IMP) on CIFAR-10, ResNet-20",
+        "",
+        tables(summary),
+        "",
+        "## RSST - Refill, ticket against ticket",
+        "",
+        diff_table(ticket),
+        "",
+        f"Does RSST beat Refill here? {verdict['ticket']}.",
+        "",
+        "## RSST as trained (M_r | R_r, what the original code reported) - Refill",
+        "",
+        diff_table(trained),
+        "",
+        f"Does RSST as trained beat Refill? {verdict['trained']}.",
+        "",
+        "## Latency of the sparsest tickets (CPU, exported against dense)",
+        "",
+        latency_table(exports),
+        "",
+        f"Training compute: {compute / 3600:.2f} h summed over rounds ({settings['processor']}, "
+        f"{settings['threads']} threads); the sweeps' wall time over {timing['starts']} start(s): "
+        f"{timing['sweep_seconds'] / 3600:.2f} h.",
+    ]
+    (out / "study.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    print(json.dumps({"verdict": {k: verdict[k] for k in ("ticket", "trained")}, "settings": settings}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
