@@ -2,7 +2,7 @@
 
 A user's mistake (a bad value, a missing file or device, a folder in use, a full disk) ends a
 single run with one line on stderr and exit 2. In a sweep the job fails alone: the launcher runs
-the other jobs and ends the sweep with a summary of the failures (see ``rsst/sweeps.py``).
+the other jobs and ends the sweep with a summary of the failures (see ``rsst/config/sweeps.py``).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from rsst import run
-from rsst.checkpoint import CheckpointError
-from rsst.config import ConfigError
-from rsst.io import RunIOError
-from rsst.lock import RunLockedError
-from rsst.run import PeerFailed
-from rsst.rundir import RunFolderError
-from rsst.sweeps import record_failure
+from rsst.config.checks import ConfigError
+from rsst.config.sweeps import record_failure
+from rsst.folder.atomic import RunIOError
+from rsst.folder.checkpoint import CheckpointError
+from rsst.folder.lock import RunLockedError
+from rsst.folder.naming import RunFolderError
+from rsst.parallel.agree import PeerFailed
 
 log = logging.getLogger("rsst")
 

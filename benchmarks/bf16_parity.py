@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rsst.training import fast_bf16_cpu, processor_name
+from rsst.runtime.precision import fast_bf16_cpu, processor_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"fp32": "off", "bf16": "bf16"}

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from rsst.export import measure
+from rsst.commands.export import measure
 from rsst.models import prunable_weights
 from rsst.models.cifar_resnet import resnet20
 from rsst.models.shrink import shrink

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from rsst.training import processor_name
+from rsst.runtime.precision import processor_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "lth_fashion_mnist_lenet"

@@ -47,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rsst.training import processor_name  # noqa: E402
+from rsst.runtime.precision import processor_name  # noqa: E402
 
 METHODS = ("refill", "rsst", "imp")
 # The seed project's method settings, identical for every method where they apply.
@@ -124,7 +124,7 @@ def sweeps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 def read_runs(out: Path) -> list[dict[str, Any]]:
     """Every run folder under ``out`` with its hash-checked config and its rounds."""
-    from rsst.rundir import read_verified_config
+    from rsst.folder.naming import read_verified_config
 
     runs = []
     for rounds in sorted(out.glob("*/rounds.json")):

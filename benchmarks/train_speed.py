@@ -15,7 +15,7 @@ schedule, and is timed over ``--epochs`` epochs after ``--warmup`` untimed ones:
   copies each layer's mask to the host, finds the penalised indices with numpy
   and adds ``lambda * w`` there, on every batch.
 * ``dense``, ``imp``, ``refill``, ``rsst``: this project's loop
-  (:func:`rsst.training.train_epoch`): the data on the device as uint8, cut,
+  (:func:`rsst.loop.steps.train_epoch`): the data on the device as uint8, cut,
   augmented and normalised there in batches; masks multiplied in place after the
   step; the fused (CUDA) or foreach (CPU) optimiser; ``--channels-last`` and
   ``--compile`` as ``train.channels_last`` and ``train.compile``; each precision of
@@ -44,21 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsst.data.base import Split, TensorDataModule
+from rsst.loop.optim import build_optimizer, build_scheduler
+from rsst.loop.steps import train_epoch
 from rsst.models import prunable_weights
 from rsst.models.cifar_resnet import resnet20, resnet56
-from rsst.optim import build_optimizer, build_scheduler
 from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune
 from rsst.pruning.regularizer import ExpCustomExponentsSchedule, RSSTPenalty
-from rsst.training import (
-    AMP_CHOICES,
-    Execution,
-    compile_model,
-    processor_name,
-    resolve_amp_name,
-    resolve_device,
-    torch_bf16_units,
-    train_epoch,
-)
+from rsst.runtime.execution import Execution, compile_model, resolve_device
+from rsst.runtime.precision import AMP_CHOICES, processor_name, resolve_amp_name, torch_bf16_units
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 ARCHS = {"resnet20": resnet20, "resnet56": resnet56}

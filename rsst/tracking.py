@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rsst.io import atomic_write_json, atomic_write_text
+from rsst.folder.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

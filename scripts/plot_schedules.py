@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from rsst.config import build  # noqa: E402
+from rsst.config.checks import build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMULAS = {

@@ -16,7 +16,7 @@ import torch
 from helpers import compose_config
 from omegaconf import OmegaConf
 
-from rsst.rundir import config_hash, run_name
+from rsst.folder.naming import config_hash, run_name
 
 CONTROLS = ("reinit", "shuffle_layerwise")
 

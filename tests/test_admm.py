@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from helpers import FAST, compose_config
 from torch import nn
 
+from rsst.loop.run import RoundLoop
 from rsst.pruning.admm import ADMM, ADMMPenalty, project
 from rsst.pruning.masks import Masks
 from rsst.pruning.strategies import PruneContext
-from rsst.run import RoundLoop
 
 
 def brute_force_top_k(values: dict[str, torch.Tensor], masks: Masks, keep: int) -> dict[str, torch.Tensor]:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from helpers import FAST, launch, read_rounds
 
-from rsst.config import ConfigError
+from rsst.config.checks import ConfigError
+from rsst.loop.run import run
 from rsst.pruning.init_methods import keep_top_k
 from rsst.pruning.masks import Masks
 from rsst.pruning.strategies import imp_equivalent_density
-from rsst.run import run
 
 BASELINES = ["snip", "grasp", "synflow", "omp", "random", "admm"]
 QUICK = ["train.epochs=1", "train.batch_size=128"]

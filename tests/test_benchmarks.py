@@ -12,7 +12,7 @@ import pytest
 from helpers import ROOT
 
 from rsst.data.fashion_mnist import SYSTEM_ROOT
-from rsst.training import fast_bf16_cpu, torch_bf16_units
+from rsst.runtime.precision import fast_bf16_cpu, torch_bf16_units
 
 FIELDS = {
     "loop",

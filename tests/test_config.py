@@ -9,7 +9,7 @@ import torch
 from helpers import CONF, compose_config, launch
 from hydra.utils import instantiate
 
-from rsst.config import ConfigError, build, validate_config
+from rsst.config.checks import ConfigError, build, validate_config
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
 

@@ -13,10 +13,10 @@ import torch
 from helpers import FAST, ROOT, compose_config, launch, read_rounds
 from hydra.utils import instantiate
 
+from rsst.loop.run import RoundLoop, epoch_seed, resolve_precision
+from rsst.loop.steps import evaluate
 from rsst.pruning.controls import control_seed, is_channel_ticket, shuffle_layerwise
 from rsst.pruning.masks import Masks
-from rsst.run import RoundLoop, epoch_seed, resolve_precision
-from rsst.training import evaluate
 
 CONTROLLED = [*FAST, "struct=imp", "prune.rounds=2", "train.epochs=3", "prune.controls=[reinit,shuffle_layerwise]"]
 

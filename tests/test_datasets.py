@@ -11,7 +11,7 @@ import torch
 from fake_data import write_cifar, write_fashion_mnist, write_idx, write_tiny_imagenet
 from helpers import compose_config
 
-from rsst.config import ConfigError, build
+from rsst.config.checks import ConfigError, build
 from rsst.data import CorruptDatasetError, DatasetNotFoundError
 from rsst.data.cifar import Cifar10, Cifar100
 from rsst.data.digits import Digits

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import compose_config
 
-from rsst.config import ConfigError, build
+from rsst.config.checks import ConfigError, build
 from rsst.data.base import Split, TensorDataModule, loader_for
 
 N, SIZE, PAD = 600, 8, 2

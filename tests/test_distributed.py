@@ -1,4 +1,4 @@
-"""rsst.distributed: the environment, the batch shards and the collectives of a multi-process run.
+"""rsst.parallel.dist: the environment, the batch shards and the collectives of a multi-process run.
 
 The shard arithmetic and the environment parsing are checked in this process; the collectives
 run in one real 2-process gloo group started by ``torchrun`` on the CPU (this file is also the
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsst import ddp as DDP
-from rsst import distributed as D
+from rsst.parallel import ddp as DDP
+from rsst.parallel import dist as D
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR")

@@ -7,15 +7,17 @@ import functools
 import pytest
 import torch
 
-from rsst.checkpoint import load_checkpoint
-from rsst.config import ConfigError, validate_config
+from rsst.config.checks import ConfigError, validate_config
+from rsst.folder.checkpoint import load_checkpoint
+from rsst.folder.naming import config_hash, run_directory
+from rsst.loop.optim import build_optimizer, build_scheduler
+from rsst.loop.run import RoundLoop
+from rsst.loop.steps import train_epoch
 from rsst.models.cifar_resnet import resnet20
 from rsst.models.prunable import prunable_weights
-from rsst.optim import build_optimizer, build_scheduler
 from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune
-from rsst.run import RoundLoop
-from rsst.rundir import config_hash, run_directory
-from rsst.training import Execution, compile_model, fast_bf16_cpu, train_epoch
+from rsst.runtime.execution import Execution, compile_model
+from rsst.runtime.precision import fast_bf16_cpu
 
 CPU = torch.device("cpu")
 

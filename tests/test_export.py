@@ -15,11 +15,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from rsst.export import describe_layers, load_exported, load_round, main, save_exported
+from rsst.commands.export import describe_layers, load_exported, load_round, main, save_exported
+from rsst.commands.report import report
 from rsst.models import prunable_weights
 from rsst.models.shrink import FoldedConv2d, shrink
 from rsst.models.size import count_macs, count_params, is_channel_wise
-from rsst.report import report
 
 # Structured export removes conv output channels; the LeNet-300-100 MLP has no conv to shrink.
 ARCHS = sorted(p.stem for p in (CONF / "arch").glob("*.yaml") if p.stem != "lenet_300_100")

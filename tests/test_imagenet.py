@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import compose_config, launch, only_run_dir, read_rounds
 
-from rsst.config import ConfigError, build, validate_config
+from rsst.config.checks import ConfigError, build, validate_config
 from rsst.data.files import CorruptDatasetError
 from rsst.data.imagenet import DEVKIT, META_FILE, TRAIN_TAR, VAL_TAR, ImageNet, read_meta
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsst.checkpoint import clone_state
+from rsst.folder.checkpoint import clone_state
 from rsst.models import prunable_weights
 from rsst.pruning.admm import ADMM
 from rsst.pruning.init_methods import (

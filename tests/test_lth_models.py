@@ -7,7 +7,7 @@ import torch
 from helpers import compose_config
 from torch import nn
 
-from rsst.config import ConfigError, build
+from rsst.config.checks import ConfigError, build
 from rsst.models import prunable_weights
 from rsst.models.shrink import shrink
 from rsst.pruning.masks import Masks

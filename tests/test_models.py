@@ -7,7 +7,7 @@ import torch
 from helpers import CONF, compose_config
 from torch import nn
 
-from rsst.config import build
+from rsst.config.checks import build
 from rsst.models import prunable_weights, stem_module_name
 from rsst.models.cifar_resnet import resnet20, resnet56
 from rsst.models.densenet import densenet121

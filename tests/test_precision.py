@@ -15,17 +15,10 @@ import torch
 import yaml
 from helpers import FAST, ROOT, launch, only_run_dir, read_rounds
 
+from rsst.loop.steps import train_epoch
 from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune
-from rsst.training import (
-    AMP_MODES,
-    Execution,
-    cpuinfo_flags,
-    fast_bf16_cpu,
-    resolve_amp,
-    resolve_amp_name,
-    resolve_device,
-    train_epoch,
-)
+from rsst.runtime.execution import Execution, resolve_device
+from rsst.runtime.precision import AMP_MODES, cpuinfo_flags, fast_bf16_cpu, resolve_amp, resolve_amp_name
 
 CPU = torch.device("cpu")
 
@@ -144,9 +137,9 @@ class CountPrunedNonzeros:
 
 
 def test_bf16_training_keeps_the_pruned_weights_exactly_zero_after_every_step():
+    from rsst.loop.optim import build_scheduler
     from rsst.models.cifar_resnet import resnet20
     from rsst.models.prunable import prunable_weights
-    from rsst.optim import build_scheduler
 
     torch.manual_seed(0)
     model = resnet20(num_classes=4, in_channels=3, width=8)

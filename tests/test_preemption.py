@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from rsst.preemption import graceful_stop
+from rsst.loop.preemption import graceful_stop
 
 
 def test_the_signal_is_deferred_until_check_then_handed_to_the_launcher_handler():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import CONF, compose_config
 
-from rsst.config import build
+from rsst.config.checks import build
 from rsst.pruning.masks import Masks
 from rsst.pruning.regularizer import (
     ExpCustomExponentsSchedule,

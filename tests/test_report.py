@@ -16,8 +16,8 @@ from helpers import FAST, ROOT, launch, only_run_dir
 from PIL import Image
 from report_runs import controls_override, remaining, rows, write_run
 
-from rsst.provenance import collect
-from rsst.report import ReportError, main, report
+from rsst.commands.report import ReportError, main, report
+from rsst.folder.provenance import collect
 
 ACCS = {
     ("imp", None): [[90.0, 89.0, 85.0], [91.0, 88.0, 84.0], [92.5, 88.5, 86.0]],

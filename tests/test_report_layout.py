@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from report_runs import CONTROLS, controls_override, remaining, rows, write_run
 
-from rsst.report import AXES_SIZE, boxes_overlap, report
+from rsst.commands.report import AXES_SIZE, boxes_overlap, report
 
 
 def accuracies(rounds: int, start: float, drop: float, seed: int) -> list[float]:

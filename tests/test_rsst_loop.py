@@ -13,16 +13,16 @@ from helpers import CONF, FAST, compose_config, launch, read_rounds
 from hydra.errors import HydraException
 from torch import nn
 
-from rsst.config import ConfigError
+from rsst.config.checks import ConfigError
+from rsst.loop.run import RoundLoop, epoch_seed, run
 from rsst.pruning.criteria import Remain
 from rsst.pruning.masks import Masks, global_magnitude_prune
 from rsst.pruning.refill import refill
 from rsst.pruning.regularizer import ExpCustomExponentsSchedule
 from rsst.pruning.strategies import RSST, PruneContext
-from rsst.run import RoundLoop, epoch_seed, run
 
 # `rsst.run` the attribute is the run function; the module holding the loop is this one.
-run_module = importlib.import_module("rsst.run")
+run_module = importlib.import_module("rsst.loop.run")
 
 DIGITS_TRAIN = 1797 - 180 - 180  # the embedded data set's training split
 

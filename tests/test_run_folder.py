@@ -21,11 +21,11 @@ from helpers import FAST, FINISHED_ARGS, ROOT, compose_config, launch, read_roun
 from omegaconf import OmegaConf
 
 from rsst import run
-from rsst.checkpoint import CheckpointError
-from rsst.lock import RunLockedError
+from rsst.folder.checkpoint import CheckpointError
+from rsst.folder.lock import RunLockedError
+from rsst.folder.naming import RunFolderError, config_hash, read_verified_config
+from rsst.loop.run import resolve_precision
 from rsst.pruning.masks import Masks
-from rsst.run import resolve_precision
-from rsst.rundir import RunFolderError, config_hash, read_verified_config
 
 ARGS = FINISHED_ARGS
 
@@ -145,12 +145,12 @@ def test_a_second_process_on_the_same_folder_stops_at_once_naming_the_holder(tmp
 
 
 def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
-    code = f"from rsst.lock import RunLock; import time; RunLock({str(tmp_path)!r}).acquire(); time.sleep(60)"
+    code = f"from rsst.folder.lock import RunLock; import time; RunLock({str(tmp_path)!r}).acquire(); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     deadline = time.time() + 60
     while time.time() < deadline and not ((tmp_path / ".lock").exists() and (tmp_path / ".lock").read_text()):
         time.sleep(0.05)
-    from rsst.lock import RunLock
+    from rsst.folder.lock import RunLock
 
     with pytest.raises(RunLockedError, match=f"pid {proc.pid}"):
         RunLock(tmp_path).acquire()
@@ -216,7 +216,7 @@ def test_a_target_with_a_path_traversal_creates_nothing_anywhere(tmp_path):
 
 
 def test_run_folder_names_use_only_safe_characters_and_stay_inside_the_root(tmp_path):
-    from rsst.rundir import run_directory
+    from rsst.folder.naming import run_directory
 
     cfg = compose_config([*ARGS, f"paths.root={tmp_path}", "arch._target_=a.b/../../c d.Evil$Name"])
     run_dir = run_directory(cfg)
@@ -240,7 +240,7 @@ BAD_VALUES = [
 def test_a_bad_value_is_one_error_naming_it_before_anything_is_written(tmp_path, overrides, message):
     if overrides[0].startswith("device=cuda") and torch.cuda.is_available():
         pytest.skip("this machine has CUDA devices")
-    from rsst.config import ConfigError
+    from rsst.config.checks import ConfigError
 
     cfg = compose_config([*ARGS, f"paths.root={tmp_path / 'root'}", *overrides])
     with pytest.raises(ConfigError) as err:
@@ -258,7 +258,7 @@ def test_the_command_line_shows_a_bad_value_as_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"not a pickle at all", b"PK\x03\x04garbage"], ids=["empty", "text", "zip"])
 def test_an_unusable_pretrained_file_is_one_error_naming_it(tmp_path, content):
-    from rsst.config import ConfigError
+    from rsst.config.checks import ConfigError
 
     path = tmp_path / "weights.pt"
     path.write_bytes(content)
@@ -273,7 +273,7 @@ def test_an_unusable_pretrained_file_is_one_error_naming_it(tmp_path, content):
 def test_a_resnet32_state_dict_given_to_a_resnet20_run_is_refused_listing_extra_keys(tmp_path):
     from hydra.utils import instantiate
 
-    from rsst.config import ConfigError
+    from rsst.config.checks import ConfigError
 
     r32 = instantiate(compose_config(["arch=resnet32"]).arch)(num_classes=10, in_channels=1, image_size=8)
     path = tmp_path / "resnet32.pt"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsst.checkpoint import clone_state
-from rsst.config import ConfigError
-from rsst.run import RoundLoop, run
-from rsst.rundir import run_directory
+from rsst.config.checks import ConfigError
+from rsst.folder.checkpoint import clone_state
+from rsst.folder.naming import run_directory
+from rsst.loop.run import RoundLoop, run
 
 
 def make_loop(cfg) -> RoundLoop:

@@ -6,7 +6,7 @@ import itertools
 
 from helpers import compose_config
 
-from rsst.rundir import config_hash, run_directory, run_name
+from rsst.folder.naming import config_hash, run_directory, run_name
 
 
 def test_the_same_config_gives_the_same_run_directory():

@@ -20,14 +20,14 @@ from helpers import CONF, ROOT, compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rsst.config import ConfigError
+from rsst.commands.export import ExportError, load_exported, main, save_exported
+from rsst.config.checks import ConfigError
+from rsst.config.registry import RefusedConfig, registered_targets
 from rsst.data import CorruptDatasetError
 from rsst.data.cifar import Cifar10
-from rsst.export import ExportError, load_exported, main, save_exported
+from rsst.folder.naming import config_hash
+from rsst.loop.pretrained import load_pretrained
 from rsst.models.shrink import shrink
-from rsst.pretrained import load_pretrained
-from rsst.registry import RefusedConfig, registered_targets
-from rsst.rundir import config_hash
 
 DIMS = {"num_classes": 10, "in_channels": 3, "image_size": 32}
 SMALL_CIFAR = {"train_size": 80, "val_size": 20, "test_size": 30}
@@ -292,4 +292,4 @@ def test_python_m_rsst_export_runs_without_a_runpy_warning():
     assert "--round" in result.stdout
     from rsst import run  # the lazy attribute is still the run function launch.py imports
 
-    assert callable(run) and run.__module__ == "rsst.run"
+    assert callable(run) and run.__module__ == "rsst.loop.run"

@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import FAST, ROOT, read_rounds
 
-from rsst.report import report
+from rsst.commands.report import report
 
 pytestmark = [
     pytest.mark.slow,

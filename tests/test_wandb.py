@@ -11,7 +11,7 @@ import time
 import pytest
 from helpers import FAST, ROOT, launch, only_run_dir
 
-from rsst.checkpoint import load_checkpoint
+from rsst.folder.checkpoint import load_checkpoint
 
 NAMES = ("remain_weight", "reg_lambd", "accuracy", "val_accuracy", "test_accuracy", "prune_times")
 ARGS = [*FAST, "logger=wandb", "struct=rsst", "criteria=magnitude", "prune.rounds=2", "train.epochs=3"]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from rsst.distributed import Shard, batch_windows
+from rsst.parallel.dist import Shard, batch_windows
 
 SPLITS = ("train", "val", "test")
 LOADERS = ("auto", "device", "dataloader")
@@ -165,7 +165,7 @@ class TensorDataModule:
         """The batches of one pass over ``split`` as a map-style data set (item ``b`` is batch ``b``).
 
         ``shard=(rank, world_size)`` keeps this process's part of every batch (see
-        :func:`rsst.distributed.batch_windows`); the order, crops and flips are the unsharded epoch's.
+        :func:`rsst.parallel.dist.batch_windows`); the order, crops and flips are the unsharded epoch's.
         """
         _check_split(split)
         if batch_size < 1:

@@ -53,7 +53,7 @@ from torchvision.transforms import functional as F  # imported here, so that for
 
 from rsst.data.base import LOADERS, SPLITS, batch_loader, check_subsets, normalise
 from rsst.data.files import CorruptDatasetError, DatasetNotFoundError, check_count, check_sizes
-from rsst.distributed import Shard, batch_windows
+from rsst.parallel.dist import Shard, batch_windows
 
 log = logging.getLogger(__name__)
 
@@ -407,7 +407,7 @@ class ImageNet:
         """The batches of one pass over ``split`` as a map-style data set (item ``b`` is batch ``b``, uint8).
 
         ``shard=(rank, world_size)`` keeps this process's part of every batch
-        (:func:`rsst.distributed.batch_windows`); an image's augmentation does not depend on it.
+        (:func:`rsst.parallel.dist.batch_windows`); an image's augmentation does not depend on it.
         """
         data = self.splits[_check_split(split)]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rsst.io import atomic_torch_save
+from rsst.folder.atomic import atomic_torch_save
 
 
 class Masks(dict[str, Tensor]):

@@ -1,6 +1,6 @@
 """The model side of a multi-process run: batch statistics over the global batch, and the DDP wrapper.
 
-Every rank trains on its shard of each global batch (``rsst.distributed.shard_windows``). With
+Every rank trains on its shard of each global batch (``rsst.parallel.dist.shard_windows``). With
 plain BatchNorm each rank would normalise with its shard's statistics, so the trained network,
 and the ticket, would depend on the number of processes. :func:`global_batch_norm` turns a
 model's BatchNorm layers into :class:`GlobalBatchNorm` layers, which, while :func:`synced`
@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rsst.distributed import DistEnv, active
+from rsst.parallel.dist import DistEnv, active
 
 
 class _SumOverRanks(torch.autograd.Function):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from rsst.io import io_error
+from rsst.folder.atomic import io_error
 
 LOCK_NAME = ".lock"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rsst.io import atomic_write_json
+from rsst.folder.atomic import atomic_write_json
 
 PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "submitit", "wandb", "rsst")
 FILE = "provenance.json"
@@ -30,7 +30,7 @@ def _version(package: str) -> str | None:
 
 def git_state(where: Path | None = None) -> dict[str, Any] | None:
     """The commit and dirtiness of the checkout that holds the ``rsst`` package, if it is one."""
-    where = where or Path(__file__).resolve().parents[1]
+    where = where or Path(__file__).resolve().parents[2]
     if not (where / ".git").exists():
         return None
     try:

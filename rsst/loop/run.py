@@ -21,35 +21,30 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from tqdm.auto import tqdm
 
-from rsst import ddp, provenance
-from rsst import distributed as dist
-from rsst.checkpoint import clone_state, load_checkpoint, save_checkpoint
-from rsst.config import ConfigError, build, validate_config
-from rsst.distributed import DistEnv
-from rsst.io import atomic_torch_save, io_error
-from rsst.lock import RunLock
+from rsst.config.checks import ConfigError, build, validate_config
+from rsst.folder import provenance
+from rsst.folder.atomic import atomic_torch_save, io_error
+from rsst.folder.checkpoint import clone_state, load_checkpoint, save_checkpoint
+from rsst.folder.lock import RunLock
+from rsst.folder.naming import RunFolderError, config_hash, hashed_config, run_directory
+from rsst.folder.repair import refuse_foreign, remove_temporaries, repair
+from rsst.loop.optim import build_optimizer, build_scheduler
+from rsst.loop.preemption import GracefulStop, graceful_stop
+from rsst.loop.pretrained import load_pretrained
+from rsst.loop.steps import evaluate, evaluate_counts, train_epoch
 from rsst.models import prunable_weights
 from rsst.models.size import is_channel_wise, structured_size
-from rsst.optim import build_optimizer, build_scheduler
-from rsst.preemption import GracefulStop, graceful_stop
-from rsst.pretrained import load_pretrained
+from rsst.parallel import ddp, dist
+from rsst.parallel.agree import together
+from rsst.parallel.dist import DistEnv
 from rsst.pruning.controls import control_seed, shuffle_layerwise
 from rsst.pruning.masks import Masks, apply_masks_
 from rsst.pruning.regularizer import penalised_norm
 from rsst.pruning.strategies import Penalty, PruneContext, RoundPlan, Strategy, imp_equivalent_density
-from rsst.rundir import RunFolderError, config_hash, hashed_config, run_directory
-from rsst.runfolder import refuse_foreign, remove_temporaries, repair
+from rsst.runtime.execution import Execution, compile_model, resolve_device
+from rsst.runtime.precision import resolve_amp_name
 from rsst.seeds import derive_seed
 from rsst.tracking import Silent, format_table
-from rsst.training import (
-    Execution,
-    compile_model,
-    evaluate,
-    evaluate_counts,
-    resolve_amp_name,
-    resolve_device,
-    train_epoch,
-)
 
 log = logging.getLogger("rsst")
 
@@ -81,10 +76,6 @@ def epoch_seed(seed: int, round_: int, epoch: int) -> int:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-class PeerFailed(RuntimeError):
-    """Another process of a multi-process run failed (its own error is in its output); this one stops too."""
 
 
 class RoundLoop:
@@ -590,23 +581,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = run_directory(cfg)
     with dist.process_group(env):
         return _run_processes(cfg, env, device, run_dir, precision)
-
-
-def together(env: DistEnv, action: Callable[[], Any]) -> Any:
-    """``action()`` on every rank; if it raises on any rank, every rank stops (the failing one with its error).
-
-    Used before the collectives that would otherwise wait forever for a rank that failed.
-    """
-    failure: BaseException | None = None
-    try:
-        result = action()
-    except Exception as exc:  # re-raised below, after the ranks agree
-        failure, result = exc, None
-    if env.is_distributed and dist.any_rank(failure is not None) and failure is None:
-        raise PeerFailed(f"rank {env.rank}: another process of this run failed; its error is in its output")
-    if failure is not None:
-        raise failure
-    return result
 
 
 def _run_processes(

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rsst.io import atomic_torch_save
+from rsst.folder.atomic import atomic_torch_save
 
 FORMAT_VERSION = 1
 

@@ -27,8 +27,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from rsst.config import validate_config
-from rsst.io import atomic_write_json
+from rsst.config.checks import validate_config
+from rsst.folder.atomic import atomic_write_json
 
 log = logging.getLogger("rsst")
 

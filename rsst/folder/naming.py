@@ -101,7 +101,7 @@ def read_verified_config(run_dir: str | Path) -> dict[str, Any]:
     """
     import yaml  # noqa: PLC0415  (PyYAML comes with omegaconf)
 
-    from rsst.checkpoint import CheckpointError, read_identity  # noqa: PLC0415
+    from rsst.folder.checkpoint import CheckpointError, read_identity  # noqa: PLC0415
 
     run_dir = Path(run_dir)
     cfg_file = run_dir / "config.yaml"

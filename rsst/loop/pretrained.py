@@ -13,10 +13,10 @@ from collections.abc import Iterable
 
 from torch import Tensor, nn
 
-from rsst.checkpoint import clone_state
-from rsst.config import ConfigError
+from rsst.config.checks import ConfigError
+from rsst.folder.checkpoint import clone_state
+from rsst.folder.safeload import UnloadableFile, load_tensors
 from rsst.models import stem_module_name
-from rsst.safeload import UnloadableFile, load_tensors
 
 EXPECTED = 'a state_dict: a dict of tensors, optionally under "state_dict" or "model"'
 

@@ -15,7 +15,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rsst.training import AMP_CHOICES, COMPILE_MODES, off_if_false
+from rsst.runtime.execution import COMPILE_MODES
+from rsst.runtime.precision import AMP_CHOICES, off_if_false
 
 REWIND_MODES = ("init", "epoch", "pretrained")
 CONTROLS = ("reinit", "shuffle_layerwise")

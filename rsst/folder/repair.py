@@ -18,8 +18,8 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from rsst.io import atomic_torch_save, atomic_write_json, atomic_write_text, leftover_temporaries
-from rsst.rundir import RunFolderError, config_hash
+from rsst.folder.atomic import atomic_torch_save, atomic_write_json, atomic_write_text, leftover_temporaries
+from rsst.folder.naming import RunFolderError, config_hash
 from rsst.tracking import to_csv
 
 log = logging.getLogger("rsst")

@@ -1,0 +1,1 @@
+"""The platform's commands: ``train`` (launch.py, ``rsst-train``), ``report`` and ``export``."""

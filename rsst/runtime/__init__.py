@@ -1,0 +1,1 @@
+"""Where and how a run computes: the device, the precision and the execution of a batch."""
