@@ -26,9 +26,9 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides or []))
 
 
-def launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python launch.py ARGS`` from the repository root and capture its output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+def launch(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python launch.py ARGS`` from the repository root and capture its output (``env``: extra variables)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run(
         [sys.executable, "launch.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -131,7 +131,7 @@ def admm_round0(tmp_path_factory) -> dict:
     loop.begin_round()
     loop.run_epoch()
     loop.end_round()
-    return copy.deepcopy(loop.state())
+    return copy.deepcopy(loop.checkpoint())
 
 
 def test_a_resumed_admm_round_continues_with_the_same_z_u_and_ends_with_the_same_mask(admm_round0, tmp_path):
@@ -139,7 +139,7 @@ def test_a_resumed_admm_round_continues_with_the_same_z_u_and_ends_with_the_same
     straight = new_loop(tmp_path / "straight", *args)
     straight.restore(copy.deepcopy(admm_round0))
     straight.begin_round()
-    assert straight.plan.target == round(0.8 * straight.plan.train.numel())
+    assert straight.state.plan.target == round(0.8 * straight.state.plan.train.numel())
     for _ in range(3):
         straight.run_epoch()
 
@@ -148,7 +148,7 @@ def test_a_resumed_admm_round_continues_with_the_same_z_u_and_ends_with_the_same
     first.begin_round()
     first.run_epoch()
     first.run_epoch()  # Z and U were updated once, before this epoch
-    state = copy.deepcopy(first.state())
+    state = copy.deepcopy(first.checkpoint())
     assert state["penalty"] is not None and any(bool(u.any()) for u in state["penalty"]["u"])
     resumed = new_loop(tmp_path / "resumed", *args)
     resumed.restore(state)
@@ -157,9 +157,11 @@ def test_a_resumed_admm_round_continues_with_the_same_z_u_and_ends_with_the_same
     for a, b in zip(straight.penalty.z + straight.penalty.u, resumed.penalty.z + resumed.penalty.u, strict=True):
         assert torch.equal(a, b)
     assert all(torch.equal(resumed.weights[n], straight.weights[n]) for n in straight.names)
-    rows = [[r["admm_residual"] for r in lp.epoch_rows if r["round"] == 1] for lp in (straight, resumed)]
+    rows = [[r["admm_residual"] for r in lp.state.epoch_rows if r["round"] == 1] for lp in (straight, resumed)]
     assert rows[0] == rows[1]
     record_s, record_r = straight.end_round(), resumed.end_round()
-    assert straight.ticket.equal(resumed.ticket)
-    assert straight.ticket.alive() == round(0.8 * straight.ticket.numel())
-    assert record_s["remain_weight"] == record_r["remain_weight"] == pytest.approx(100 * straight.ticket.density())
+    assert straight.state.ticket.equal(resumed.state.ticket)
+    assert straight.state.ticket.alive() == round(0.8 * straight.state.ticket.numel())
+    assert (
+        record_s["remain_weight"] == record_r["remain_weight"] == pytest.approx(100 * straight.state.ticket.density())
+    )

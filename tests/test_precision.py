@@ -207,9 +207,9 @@ def test_a_runs_identity_carries_the_precision_auto_resolved_to(tmp_path):
     assert f"precision: {resolved} (set by train.amp)" in explicit.stdout
 
     refused = launch(*ONE_EPOCH, f"train.amp={other}", f"paths.run_dir={run_dir}")
-    assert refused.returncode == 2, refused.stdout[-2000:]
-    lines = [line for line in refused.stdout.splitlines() if "checkpoint" in line]
-    assert len(lines) == 1, refused.stdout[-2000:]
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    lines = [line for line in refused.stderr.splitlines() if "checkpoint" in line]  # the error: on stderr
+    assert len(lines) == 1, refused.stderr[-2000:]
     assert resolved in lines[0] and other in lines[0] and f"train.amp={resolved}" in lines[0]
 
     separate = launch(*ONE_EPOCH, f"train.amp={other}", f"paths.root={root}")

@@ -61,7 +61,7 @@ def test_a_checkpoint_from_another_config_is_refused(finished_run, tmp_path):
     run_dir = Path(shutil.copytree(finished_run, tmp_path / "run"))
     other = launch(*FINISHED_ARGS, "seed=5", f"paths.run_dir={run_dir}")
     assert other.returncode == 2
-    assert f"checkpoint {run_dir / 'checkpoint.pt'} belongs to config" in other.stdout
+    assert f"checkpoint {run_dir / 'checkpoint.pt'} belongs to config" in other.stderr
 
 
 @pytest.mark.slow
@@ -71,4 +71,4 @@ def test_a_corrupt_checkpoint_is_an_error_naming_the_file(finished_run, tmp_path
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     proc = launch(*FINISHED_ARGS, f"paths.run_dir={run_dir}")
     assert proc.returncode == 2
-    assert f"checkpoint {ckpt} is unreadable" in proc.stdout
+    assert f"checkpoint {ckpt} is unreadable" in proc.stderr

@@ -21,8 +21,8 @@ from rsst.pruning.refill import refill
 from rsst.pruning.regularizer import ExpCustomExponentsSchedule
 from rsst.pruning.strategies import RSST, PruneContext
 
-# `rsst.run` the attribute is the run function; the module holding the loop is this one.
-run_module = importlib.import_module("rsst.loop.run")
+# the module whose train_epoch the round loop calls (the tests spy on it)
+run_module = importlib.import_module("rsst.loop.epochs")
 
 DIGITS_TRAIN = 1797 - 180 - 180  # the embedded data set's training split
 
@@ -70,7 +70,7 @@ def round0(tmp_path_factory) -> dict:
     for _ in range(cfg.train.epochs):
         loop.run_epoch()
     loop.end_round()
-    return copy.deepcopy(loop.state())
+    return copy.deepcopy(loop.checkpoint())
 
 
 def new_loop(cfg, run_dir: Path) -> RoundLoop:
@@ -82,19 +82,19 @@ def loop_at_round_1(round0: dict, tmp_path: Path, *overrides: str) -> RoundLoop:
     cfg = compose_config([*FAST, f"paths.root={tmp_path}", *overrides])
     loop = new_loop(cfg, tmp_path / "run")
     loop.restore(copy.deepcopy(round0))
-    assert loop.round == 1 and loop.plan is None
+    assert loop.state.round == 1 and loop.state.plan is None
     return loop
 
 
 def expected_masks(loop: RoundLoop) -> tuple[Masks, Masks]:
     """``(M_1, R_1)`` recomputed from the trained round-0 network, independently of the strategy's plan."""
     weights = {n: w.detach().clone() for n, w in loop.weights.items()}
-    pruned = global_magnitude_prune(weights, loop.ticket, float(loop.cfg.prune.rate))
+    pruned = global_magnitude_prune(weights, loop.state.ticket, float(loop.cfg.prune.rate))
     criteria = getattr(loop.strategy, "criteria", None)
     if criteria is None:
         return pruned, pruned
     seed = epoch_seed(loop.cfg.seed, 1, 1 << 15)
-    scores = criteria.scores(loop.model, pruned, lambda: loop.train_batches(seed))
+    scores = criteria.scores(loop.model, pruned, lambda: loop.epochs.train_batches(seed))
     return pruned, refill(pruned, scores, loop.cfg.struct.fillback_rate)
 
 
@@ -138,7 +138,7 @@ def rsst_round(round0, tmp_path_factory) -> dict:
     loop = loop_at_round_1(round0, tmp, "struct=rsst", "criteria=l1", "schedule=exp_custom")
     m, r = expected_masks(loop)
     loop.begin_round()
-    plan = loop.plan
+    plan = loop.state.plan
     norm_start = math.sqrt(sum(float((w.detach() * plan.penalised[n]).square().sum()) for n, w in loop.weights.items()))
     spy, penalty = TrainSpy(), PenaltySpy(loop.penalty, loop.weights)
     loop.penalty = penalty
@@ -177,7 +177,7 @@ def test_an_rsst_round_trains_with_exactly_m_or_r(rsst_round):
 
 def test_an_rsst_round_ends_with_exactly_r(rsst_round):
     r, loop = rsst_round["r"], rsst_round["loop"]
-    assert loop.ticket.equal(r)
+    assert loop.state.ticket.equal(r)
     assert Masks.load(loop.run_dir / "masks" / "round_1.pt").equal(r)
     saved = torch.load(loop.run_dir / "weights" / "round_1.pt", weights_only=True)
     for n, w in rsst_round["weights_final"].items():
@@ -210,11 +210,11 @@ def test_an_rsst_round_records_lambda_and_the_penalised_norms(rsst_round):
     assert record["penalised_norm_end"] < record["penalised_norm_start"]
     assert {"test_acc", "final_test_acc", "channel_sparsity"} <= set(record)
     assert record["channel_sparsity"] > 0
-    rows = [row for row in loop.epoch_rows if row["round"] == 1]
+    rows = [row for row in loop.state.epoch_rows if row["round"] == 1]
     spe, epochs = loop.data.num_batches("train", loop.cfg.train.batch_size), loop.cfg.train.epochs
     expected = [1 / (math.e - 1) * (math.exp((e + 1) * spe / (spe * epochs)) - 1) for e in range(epochs)]
     assert [row["reg_lambda"] for row in rows] == pytest.approx(expected, rel=1e-5)
-    assert all("reg_lambda" not in row for row in loop.epoch_rows if row["round"] == 0)
+    assert all("reg_lambda" not in row for row in loop.state.epoch_rows if row["round"] == 0)
 
 
 def test_a_refill_round_trains_and_ends_with_exactly_r(round0, tmp_path):
@@ -222,7 +222,7 @@ def test_a_refill_round_trains_and_ends_with_exactly_r(round0, tmp_path):
     m, r = expected_masks(loop)
     assert not r.equal(m)
     loop.begin_round()
-    assert loop.plan.train.equal(r) and loop.plan.final.equal(r) and loop.plan.penalised is None
+    assert loop.state.plan.train.equal(r) and loop.state.plan.final.equal(r) and loop.state.plan.penalised is None
     assert loop.penalty is None
     spy = TrainSpy()
     with pytest.MonkeyPatch.context() as mp:
@@ -231,21 +231,21 @@ def test_a_refill_round_trains_and_ends_with_exactly_r(round0, tmp_path):
     masks, hook = spy.calls[0]
     assert all(torch.equal(t, r[n]) for t, n in zip(masks, loop.names, strict=True)) and hook is None
     record = loop.end_round()
-    assert loop.ticket.equal(r) and "reg_lambda" not in record
+    assert loop.state.ticket.equal(r) and "reg_lambda" not in record
 
 
 def test_an_imp_round_trains_and_ends_with_exactly_m(round0, tmp_path):
     loop = loop_at_round_1(round0, tmp_path, "struct=imp")
     m, _ = expected_masks(loop)
     loop.begin_round()
-    assert loop.plan.train.equal(m) and loop.plan.final.equal(m) and loop.penalty is None
+    assert loop.state.plan.train.equal(m) and loop.state.plan.final.equal(m) and loop.penalty is None
     spy = TrainSpy()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(run_module, "train_epoch", spy)
         loop.run_epoch()
     assert all(torch.equal(t, m[n]) for t, n in zip(spy.calls[0][0], loop.names, strict=True))
     loop.end_round()
-    assert loop.ticket.equal(m)
+    assert loop.state.ticket.equal(m)
 
 
 def test_a_resumed_rsst_round_continues_the_exact_lambda_sequence(round0, tmp_path):
@@ -258,14 +258,14 @@ def test_a_resumed_rsst_round_continues_the_exact_lambda_sequence(round0, tmp_pa
     first = loop_at_round_1(round0, tmp_path / "killed", *args)
     first.begin_round()
     first.run_epoch()
-    state = copy.deepcopy(first.state())  # what the checkpoint after epoch 1 holds
+    state = copy.deepcopy(first.checkpoint())  # what the checkpoint after epoch 1 holds
     resumed = loop_at_round_1(round0, tmp_path / "resumed", *args)
     resumed.restore(state)
     resumed.run_epoch()
     resumed.run_epoch()
 
     def lambdas(lp: RoundLoop) -> list[float]:
-        return [row["reg_lambda"] for row in lp.epoch_rows if row["round"] == 1]
+        return [row["reg_lambda"] for row in lp.state.epoch_rows if row["round"] == 1]
 
     assert lambdas(resumed) == lambdas(straight)
     assert lambdas(straight)[-1] == pytest.approx(1.0)

@@ -36,10 +36,10 @@ def storages(tensors) -> list[int]:
 
 def test_theta_0_is_bit_identical_after_several_rounds(fast_cfg):
     loop = make_loop(fast_cfg("struct=imp"))
-    before = {k: v.clone() for k, v in loop.theta_0.items()}
+    before = {k: v.clone() for k, v in loop.state.theta_0.items()}
     for _ in range(3):
         train_round(loop, 2)
-    assert all(torch.equal(before[k], loop.theta_0[k]) for k in before)
+    assert all(torch.equal(before[k], loop.state.theta_0[k]) for k in before)
     # and the trained model has really moved away from it
     assert not torch.equal(loop.model.state_dict()["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])
 
@@ -48,12 +48,12 @@ def test_masks_share_no_storage_with_each_other_theta_0_or_weights(fast_cfg):
     loop = make_loop(fast_cfg("struct=imp"))
     train_round(loop, 1)
     loop.begin_round()
-    plan = loop.plan
-    mask_ptrs = storages([*plan.train.values(), *plan.final.values(), *loop.ticket.values()])
-    other = storages([*loop.theta_0.values(), *loop.model.state_dict().values()])
+    plan = loop.state.plan
+    mask_ptrs = storages([*plan.train.values(), *plan.final.values(), *loop.state.ticket.values()])
+    other = storages([*loop.state.theta_0.values(), *loop.model.state_dict().values()])
     assert len(set(mask_ptrs)) == len(mask_ptrs)
     assert not set(mask_ptrs) & set(other)
-    assert not set(storages(loop.theta_0.values())) & set(storages(loop.model.state_dict().values()))
+    assert not set(storages(loop.state.theta_0.values())) & set(storages(loop.model.state_dict().values()))
 
 
 def test_rewind_init_restores_theta_0_under_the_new_mask(fast_cfg):
@@ -61,23 +61,23 @@ def test_rewind_init_restores_theta_0_under_the_new_mask(fast_cfg):
     train_round(loop, 2)
     loop.begin_round()
     state = loop.model.state_dict()
-    for k, v in loop.theta_0.items():
-        expected = v * loop.plan.train[k] if k in loop.plan.train else v
+    for k, v in loop.state.theta_0.items():
+        expected = v * loop.state.plan.train[k] if k in loop.state.plan.train else v
         assert torch.equal(state[k], expected), k
-    assert loop.plan.train.density() == pytest.approx(0.8, abs=1e-3)
+    assert loop.state.plan.train.density() == pytest.approx(0.8, abs=1e-3)
 
 
 def test_rewind_epoch_restores_the_epoch_k_weights_including_bn_statistics(fast_cfg):
     cfg = fast_cfg("struct=imp", "prune.rewind=epoch", "prune.rewind_epoch=2", "train.epochs=3")
     loop = make_loop(cfg)
     snapshots = {}
-    train_round(loop, 3, after_epoch=lambda lp: snapshots.setdefault(lp.epoch, clone_state(lp.model)))
+    train_round(loop, 3, after_epoch=lambda lp: snapshots.setdefault(lp.state.epoch, clone_state(lp.model)))
     epoch2 = snapshots[2]
     assert not torch.equal(epoch2["bn1.running_mean"], snapshots[3]["bn1.running_mean"])
     loop.begin_round()
     state = loop.model.state_dict()
     for k, v in epoch2.items():
-        expected = v * loop.plan.train[k] if k in loop.plan.train else v
+        expected = v * loop.state.plan.train[k] if k in loop.state.plan.train else v
         assert torch.equal(state[k], expected), k
     assert int(state["bn1.num_batches_tracked"]) == 2 * loop.data.num_batches("train", cfg.train.batch_size)
 
@@ -88,10 +88,10 @@ def test_pretrained_rewind_loads_the_file_and_reinitialises_stem_and_classifier(
     torch.save({"state_dict": donor_state}, tmp_path / "pre.pt")
     loop = make_loop(fast_cfg("struct=imp", "prune.rewind=pretrained", f"prune.pretrained={tmp_path / 'pre.pt'}"))
     fresh = make_loop(fast_cfg("struct=imp", f"paths.run_dir={tmp_path / 'fresh'}"))  # same seed, no file
-    for k, v in loop.theta_0.items():
-        source = fresh.theta_0 if k.startswith(("conv1.", "fc.")) else donor_state
+    for k, v in loop.state.theta_0.items():
+        source = fresh.state.theta_0 if k.startswith(("conv1.", "fc.")) else donor_state
         assert torch.equal(v, source[k]), k
-    assert not torch.equal(loop.theta_0["layer1.0.conv1.weight"], fresh.theta_0["layer1.0.conv1.weight"])
+    assert not torch.equal(loop.state.theta_0["layer1.0.conv1.weight"], fresh.state.theta_0["layer1.0.conv1.weight"])
     assert torch.equal(loop.model.state_dict()["layer2.0.conv2.weight"], donor_state["layer2.0.conv2.weight"])
 
 

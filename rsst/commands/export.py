@@ -29,10 +29,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from rsst.config.checks import ConfigError, build
+from rsst.config.checks import build
 from rsst.config.registry import RefusedConfig, checked_node
+from rsst.errors import RsstError
 from rsst.folder.atomic import atomic_torch_save, atomic_write_text
-from rsst.folder.naming import RunFolderError, read_verified_config
+from rsst.folder.naming import read_verified_config
 from rsst.folder.safeload import UnloadableFile, load_tensors
 from rsst.models.shrink import FoldedConv2d, shrink
 from rsst.models.size import count_macs, count_params, dead_channels, is_channel_wise
@@ -41,11 +42,11 @@ from rsst.runtime.execution import resolve_device
 EXPORT_FORMAT = 1
 
 
-class ExportError(RuntimeError):
+class ExportError(RsstError, RuntimeError):
     """A run folder or exported file that cannot be used; the message names the file and why."""
 
 
-class NothingToRemove(ValueError):
+class NothingToRemove(RsstError, ValueError):
     """The ticket has no output channel whose filter is entirely zero (an unstructured ticket)."""
 
 
@@ -307,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = export_round(args.run_dir, args.round, args.out, args.device, args.repeats)
-    except (NothingToRemove, ExportError, RunFolderError, RefusedConfig, ConfigError) as exc:
+    except RsstError as exc:  # NothingToRemove, ExportError, RunFolderError, RefusedConfig, ConfigError, ...
         sys.stderr.write(f"rsst.export: {_one_line(exc)}\n")
         return 2
     sys.stdout.write(summary(result) + "\n")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rsst.errors import RsstError
 from rsst.folder.atomic import RunIOError, atomic_write_text
 from rsst.folder.naming import EXCLUDED_KEYS, RunFolderError, read_verified_config
 
@@ -56,7 +57,7 @@ DPI = 120
 MIN_AXES_AREA = 0.55  # the layout grows the axes until they hold at least this fraction of the figure
 
 
-class ReportError(Exception):
+class ReportError(RsstError):
     """Nothing to report (every run skipped, or the metric found nowhere); the message says why."""
 
 
@@ -714,11 +715,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.path:
             parser.error("give PATH (a run or sweep folder) or --provenance RUN_DIR")
         result = report(args.path, args.out, args.metric, args.x)
-    except (FileNotFoundError, ReportError) as exc:
-        sys.stderr.write(f"rsst.report: {exc}\n")
-        return 2
-    except OSError as exc:  # writing the report (RunIOError names the file and the reason)
+    except RsstError as exc:  # ReportError; RunIOError writing the report (its strerror names the file and why)
         sys.stderr.write(f"rsst.report: {exc.strerror if isinstance(exc, RunIOError) else exc}\n")
+        return 2
+    except OSError as exc:  # PATH missing (FileNotFoundError), or unreadable
+        sys.stderr.write(f"rsst.report: {exc}\n")
         return 2
     except KeyError as exc:
         sys.stderr.write(f"rsst.report: {exc.args[0]}\n")

@@ -15,15 +15,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rsst.errors import ConfigError as ConfigError  # defined there (models raise it too); re-exported here
 from rsst.runtime.execution import COMPILE_MODES
 from rsst.runtime.precision import AMP_CHOICES, off_if_false
 
 REWIND_MODES = ("init", "epoch", "pretrained")
 CONTROLS = ("reinit", "shuffle_layerwise")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot run; the message names the key, the value and what is allowed."""
 
 
 def _is_int(v: Any) -> bool:

@@ -3,8 +3,9 @@
 A run folder's ``config.yaml`` (and an exported network's description) may come from someone
 else, and instantiating a ``_target_`` imports and calls whatever it names. Commands that
 rebuild a run from its folder (``rsst.export``) check every ``_target_`` in the node they build
-against the targets the shipped options name: ``conf/<group>/*.yaml`` beside the package (the
-folder ``launch.py`` composes from), read as plain YAML, so a new option is allowed by adding it.
+against the targets the shipped options name: ``conf/<group>/*.yaml`` in the folder Hydra composes
+from (:func:`rsst.config.location.conf_dir`: the checkout's ``conf/``, or the installed ``rsst/conf``),
+read as plain YAML, so a new option is allowed by adding it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from rsst.config.location import conf_dir
+from rsst.errors import RsstError
+
+CONF_DIR = conf_dir()
 
 
 @functools.cache
@@ -26,7 +30,7 @@ def registered_targets(group: str) -> frozenset[str]:
     """The ``_target_`` of every option ``conf/<group>/*.yaml`` ships."""
     files = sorted((CONF_DIR / group).glob("*.yaml"))
     if not files:
-        raise FileNotFoundError(f"{CONF_DIR / group}: no options; the project's conf folder must sit beside rsst/")
+        raise FileNotFoundError(f"{CONF_DIR / group}: no options; the project's conf folder is missing or incomplete")
     targets = set()
     for f in files:
         node = yaml.safe_load(f.read_text())
@@ -35,7 +39,7 @@ def registered_targets(group: str) -> frozenset[str]:
     return frozenset(targets)
 
 
-class RefusedConfig(ValueError):
+class RefusedConfig(RsstError, ValueError):
     """A config node from a file that is not built: a ``_target_`` that is not the project's own, or unresolvable."""
 
 

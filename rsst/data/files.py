@@ -6,10 +6,12 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rsst.errors import RsstError
+
 log = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(RsstError, ValueError):
     """Data that cannot be used; the message names the file or folder and what was expected."""
 
 

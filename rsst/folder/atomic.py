@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from rsst.errors import RsstError
+
 TMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -32,7 +34,7 @@ MEANINGS = {
 }
 
 
-class RunIOError(OSError):
+class RunIOError(RsstError, OSError):
     """A file the run must write or read could not be; the message names it and the reason."""
 
 

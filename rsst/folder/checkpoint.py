@@ -7,12 +7,13 @@ from typing import Any
 
 import torch
 
+from rsst.errors import RsstError
 from rsst.folder.atomic import atomic_torch_save
 
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RsstError, RuntimeError):
     """A checkpoint that cannot be used: unreadable, from another version, or from another config."""
 
 

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from rsst.errors import RsstError
 from rsst.folder.atomic import io_error
 
 LOCK_NAME = ".lock"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(RsstError, RuntimeError):
     """Another live process holds the run folder."""
 
 

@@ -11,6 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rsst.errors import RsstError
+
 # Keys that say where or how to report or how fast to compute, not what is computed: they do not
 # change the hash (train.amp does: the precision is part of the experiment).
 # `criteria` and `schedule` enter the computation only through interpolations inside `struct`,
@@ -88,7 +90,7 @@ def run_directory(cfg: DictConfig) -> Path:
     return run_dir
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(RsstError, RuntimeError):
     """A run folder that cannot be used as it is; the message names the folder (or file) and why."""
 
 

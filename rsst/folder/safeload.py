@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
+from rsst.errors import RsstError
 
-class UnloadableFile(ValueError):
+
+class UnloadableFile(RsstError, ValueError):
     """A torch file that is empty, truncated, not a torch file, or that would run code; the message names it."""
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from rsst.config.checks import ConfigError
+from rsst.errors import ConfigError
 
 
 def stem_module_name(model: nn.Module) -> str:

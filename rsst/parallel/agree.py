@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rsst.errors import RsstError
 from rsst.parallel import dist
 from rsst.parallel.dist import DistEnv
 
 
-class PeerFailed(RuntimeError):
+class PeerFailed(RsstError, RuntimeError):
     """Another process of a multi-process run failed (its own error is in its output); this one stops too."""
 
 

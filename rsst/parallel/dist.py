@@ -25,6 +25,8 @@ import torch.distributed as dist
 from submitit.helpers import TorchDistributedEnvironment
 from torch import Tensor
 
+from rsst.errors import RsstError
+
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 SUBMITIT_LAUNCHERS = {"slurm": "slurm", "local": "submitit-local"}  # SUBMITIT_EXECUTOR -> DistEnv.launcher
 HOSTNAME_BYTES = 256
@@ -32,7 +34,7 @@ CHECKSUM_CHUNK = 1 << 22
 CHECKSUM_PERIOD = 65521
 
 
-class RanksDisagree(RuntimeError):
+class RanksDisagree(RsstError, RuntimeError):
     """Tensors that must be identical on every rank are not."""
 
 

@@ -1,0 +1,64 @@
+"""``rsst-train`` (and ``python launch.py``): compose the Hydra config and hand it to ``rsst.run``.
+
+The config groups are :func:`rsst.config.location.conf_dir`: the checkout's ``conf/``, or the copy
+a wheel installs inside the package. A user's mistake (any :class:`~rsst.errors.RsstError`: a bad
+value, a missing file or device, a folder in use, a full disk) ends a single run with one line on
+stderr and exit 2. In a sweep the job fails alone: the launcher runs the other jobs and ends the
+sweep with a summary of the failures (see :mod:`rsst.config.sweeps`).
+
+The run itself (torch, the loop) is imported when a job starts, so ``--help`` and ``--cfg`` stay quick.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
+
+from rsst.config.location import conf_dir
+from rsst.errors import RsstError, one_line
+
+log = logging.getLogger("rsst")
+
+
+def report_error(message: str) -> None:
+    """``message`` on one line to stderr, and to the ``rsst`` logger's own handlers (``run.log`` while one is
+    attached); not through the root logger, whose console handler Hydra points at stdout."""
+    sys.stderr.write(f"{message}\n")
+    sys.stderr.flush()
+    if log.handlers:
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+        for handler in log.handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    from rsst import run  # noqa: PLC0415  (torch and the loop, only once a job runs)
+
+    hc = HydraConfig.get()
+    sweep = hc.mode == RunMode.MULTIRUN
+    if cfg.paths.root is None:
+        with open_dict(cfg):
+            cfg.paths.root = hc.sweep.dir if sweep else "runs"
+    try:
+        return run(cfg)
+    except RsstError as exc:
+        message = one_line(exc)
+        report_error(message)
+        if sweep:  # no exit: the launcher runs the next job; the sweep's summary lists this one
+            from rsst.config.sweeps import record_failure  # noqa: PLC0415
+
+            record_failure(hc.sweep.dir, hc.job.num, list(hc.overrides.task), message)
+            return {"error": message}
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""One error type: every user-facing error is an ``RsstError``, and launch.py prints it on one line to stderr."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT, launch
+
+from rsst.commands.export import ExportError, NothingToRemove
+from rsst.commands.report import ReportError, Skip
+from rsst.config.checks import ConfigError as ChecksConfigError
+from rsst.config.registry import RefusedConfig
+from rsst.data.cifar import RefusedGlobal
+from rsst.data.files import CorruptDatasetError, DatasetError, DatasetNotFoundError
+from rsst.errors import ConfigError, RsstError, one_line
+from rsst.folder.atomic import RunIOError
+from rsst.folder.checkpoint import CheckpointError
+from rsst.folder.lock import RunLockedError
+from rsst.folder.naming import RunFolderError
+from rsst.folder.safeload import UnloadableFile
+from rsst.parallel.agree import PeerFailed
+from rsst.parallel.dist import RanksDisagree
+
+# Each user-facing error and the built-in type it has always been (older ``except`` clauses still catch it).
+USER_ERRORS = {
+    ConfigError: ValueError,
+    RunLockedError: RuntimeError,
+    ReportError: Exception,
+    ExportError: RuntimeError,
+    NothingToRemove: ValueError,
+    RunFolderError: RuntimeError,
+    CheckpointError: RuntimeError,
+    RefusedConfig: ValueError,
+    DatasetError: ValueError,
+    DatasetNotFoundError: ValueError,
+    CorruptDatasetError: ValueError,
+    RefusedGlobal: ValueError,
+    RunIOError: OSError,
+    PeerFailed: RuntimeError,
+    RanksDisagree: RuntimeError,
+    UnloadableFile: ValueError,
+}
+
+
+@pytest.mark.parametrize("cls", list(USER_ERRORS), ids=lambda c: c.__name__)
+def test_every_user_facing_error_is_an_rsst_error_and_keeps_its_builtin_base(cls):
+    assert issubclass(cls, RsstError)
+    assert issubclass(cls, USER_ERRORS[cls])
+
+
+def test_the_internal_skip_of_the_report_is_not_a_user_error():
+    assert not issubclass(Skip, RsstError)  # caught inside the report: a run is skipped with a warning
+
+
+def test_config_error_is_one_class_wherever_it_is_imported_from():
+    assert ChecksConfigError is ConfigError
+
+
+def test_a_run_io_error_is_still_an_os_error_with_its_errno():
+    err = RunIOError(28, "cannot write x: no space left on the device [ENOSPC]")
+    assert err.errno == 28 and err.strerror.startswith("cannot write x")
+
+
+def test_one_line_joins_the_lines_of_a_message():
+    assert one_line(ValueError("a: b\n  c\n\n")) == "a: b c"
+    assert one_line(ValueError("prune.rate=1.5 is invalid")) == "prune.rate=1.5 is invalid"
+
+
+def imports_after(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def test_the_errors_module_imports_nothing_heavy():
+    assert "torch" not in imports_after("rsst.errors")
+
+
+def test_a_model_file_does_not_import_the_config_layer():
+    assert "rsst.config.checks" not in imports_after("rsst.models.prunable")
+
+
+@pytest.mark.slow
+def test_a_bad_value_is_one_line_on_stderr_and_nothing_on_stdout(tmp_path):
+    proc = launch("prune.rate=1.5", f"paths.root={tmp_path}", env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "prune.rate" in line]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert "1.5" in lines[0] and "invalid" in lines[0], lines[0]
+    assert "prune.rate" not in proc.stdout and "invalid" not in proc.stdout, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written before the config is valid"
