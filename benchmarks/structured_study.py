@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = paired(runs, "rsst", "refill", "trained_test_acc", "test_acc", args.ablation)
     exports = export_sparsest(runs, args.ablation, env, args.repeats)
     compute = sum(row.get("seconds", 0.0) for run in runs for row in run["rows"])
-    for x in ("remain_weight", "macs"):
+    for x in ("channel_density", "macs"):
         rep = run_quiet(
             [sys.executable, "-m", "rsst.report", str(out), "--x", x, "--out", str(out / f"report_{x}")], env
         )

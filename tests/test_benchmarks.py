@@ -255,3 +255,72 @@ def test_replication_quick_mode_writes_the_report_with_both_controls_beside_the_
     assert "The lottery-ticket pattern cannot be judged here" in proc.stdout
     assert json.loads((out / "pattern.json").read_text())["summary"] == summary
     assert 0 < settings["sweep_seconds"] <= settings["wall_seconds"] < 60
+
+
+def test_the_study_verdict_pairs_seeds_and_needs_a_difference_beyond_the_seed_spread():
+    study = load_benchmark("structured_study")
+
+    def diff(d, spread):
+        return {"diff": d, "seed_spread": spread, "beyond_spread": abs(d) > spread}
+
+    assert study.answer([diff(2.0, 1.0), diff(3.0, 1.0), diff(0.1, 1.0)]).startswith("yes: RSST beats Refill")
+    assert study.answer([diff(-9.0, 1.0), diff(-3.0, 1.0), diff(0.5, 1.0)]).startswith("no: Refill beats RSST")
+    assert study.answer([diff(2.0, 1.0), diff(-3.0, 1.0), diff(0.5, 1.0)]).startswith("no difference beyond")
+    assert study.answer([]).startswith("cannot be judged yet")
+    rows = {"refill": [(1, 60.0), (2, 62.0)], "rsst": [(1, 55.0), (2, 58.0)]}
+    runs = [
+        {"cfg": {"seed": s, "struct": {"_target_": f"rsst.pruning.strategies.{m.upper()}"}, "schedule": {}},
+         "rows": [{"round": 0, "test_acc": 70.0}, {"round": 1, "test_acc": acc}]}
+        for m, pairs in rows.items() for s, acc in pairs
+    ]  # fmt: skip
+    (paired,) = study.paired(runs, "rsst", "refill", "test_acc", "test_acc", [])
+    assert (
+        paired["round"] == 1
+        and paired["diff"] == pytest.approx(-4.5)
+        and paired["diff_std"] == pytest.approx(0.707, abs=1e-3)
+    )
+    assert paired["seed_spread"] == pytest.approx(2.121, abs=1e-3) and paired["beyond_spread"] is True
+
+
+@pytest.mark.slow
+def test_structured_study_quick_mode_runs_all_three_methods_on_files_in_the_cifar_format(tmp_path):
+    from fake_data import write_cifar
+
+    write_cifar(tmp_path / "data", per_file=40, test=60)
+    sizes = ["dataset.train_size=160", "dataset.val_size=40", "dataset.test_size=60"]
+    out = tmp_path / "study"
+    cmd = [sys.executable, "benchmarks/structured_study.py", "--quick", "--out", str(out), "--repeats", "1"]
+    proc = subprocess.run(
+        [*cmd, f"dataset.root={tmp_path / 'data'}", *sizes],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    result = json.loads((out / "study.json").read_text())
+    methods = result["summary"]["methods"]
+    assert set(methods) == {"imp", "refill", "rsst"}
+    for name, entries in methods.items():
+        assert [e["round"] for e in entries] == [0, 1, 2], name
+        assert all(e["test_acc"]["n"] == 2 for e in entries)  # two seeds, mean and std
+        assert entries[-1]["weight_density"]["mean"] < 70.0
+    assert methods["refill"][-1]["channel_density"]["mean"] < 100.0 and methods["refill"][-1]["speedup"] > 1.0
+    assert methods["imp"][-1]["channel_density"]["mean"] == 100.0 and methods["imp"][-1]["speedup"] == 1.0
+    assert "trained_test_acc" in methods["rsst"][1] and "penalised_norm_end" in methods["rsst"][1]
+    assert [d["round"] for d in result["verdict"]["ticket_rounds"]] == [1, 2]
+    assert result["verdict"]["ticket"].startswith(("yes: ", "no: ", "no difference beyond the seed spread"))
+    for method in ("refill", "rsst"):
+        assert {"latency_ms_batch1", "latency_ms_batch256"} <= set(result["latency"][method])
+    assert (out / "report_channel_density" / "report.png").stat().st_size > 0
+    assert (out / "report_macs" / "report.png").stat().st_size > 0
+    assert "Does RSST beat Refill here?" in (out / "study.md").read_text()
+    # a rerun of the same command resumes: every run is finished, so nothing trains and nothing changes
+    again = subprocess.run(
+        [*cmd, f"dataset.root={tmp_path / 'data'}", *sizes],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "new run in" not in again.stderr and "epoch 1/1" not in again.stderr
+    assert json.loads((out / "study.json").read_text())["summary"] == result["summary"]

@@ -92,3 +92,17 @@ def test_a_bad_value_is_one_line_on_stderr_and_nothing_on_stdout(tmp_path):
     assert "prune.rate" not in proc.stdout and "invalid" not in proc.stdout, proc.stdout[-2000:]
     assert "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir()), "nothing may be written before the config is valid"
+
+
+@pytest.mark.slow
+def test_an_error_inside_the_run_folder_is_on_stderr_and_in_run_log_not_on_stdout(tmp_path):
+    from helpers import FAST
+
+    run_dir = tmp_path / "run"
+    first = launch(*FAST, "train.amp=off", "prune.rounds=1", "train.epochs=1", f"paths.run_dir={run_dir}")
+    assert first.returncode == 0, first.stdout[-2000:]
+    refused = launch(*FAST, "train.amp=bf16", "prune.rounds=1", "train.epochs=1", f"paths.run_dir={run_dir}")
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "train.amp" in line and line not in refused.stdout
+    assert sum(line in entry for entry in (run_dir / "run.log").read_text().splitlines()) == 1

@@ -212,6 +212,10 @@ def test_export_cli_on_a_refill_run_writes_the_model_and_the_measurement(refill_
     plotted = report(run_dir, tmp_path / "report", x="macs")
     assert [lvl["macs"] for lvl in plotted["groups"][0].levels("test_acc", "macs")] == [rounds[1]["macs"]]
     assert (tmp_path / "report" / "report.png").stat().st_size > 0
+    by_channels = report(run_dir, tmp_path / "by_channels", x="channel_density")
+    levels = by_channels["groups"][0].levels("test_acc", "channel_density")
+    assert [lvl["channel_density"] for lvl in levels] == [100.0 - row["channel_sparsity"] for row in rounds]
+    assert levels[-1]["channel_density"] < 100.0
 
 
 @pytest.mark.slow

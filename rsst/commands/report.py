@@ -1,6 +1,6 @@
 """Aggregate runs and sweeps: a table of accuracy per pruning round (mean, std over seeds) and a plot.
 
-    python -m rsst.report PATH [--out DIR] [--metric test_acc] [--x remain_weight|macs]
+    python -m rsst.report PATH [--out DIR] [--metric test_acc] [--x remain_weight|channel_density|macs]
     python -m rsst.report --provenance RUN_DIR
 
 PATH is a run folder or any folder above run folders (a sweep). Each run's config is the
@@ -50,6 +50,14 @@ MEASURED = {
     "final_test_acc": "ticket, last epoch",
     "trained_test_acc": "network as trained, best-val epoch",
 }
+
+# The plot's x axes: remaining weights, remaining output channels (channel-wise tickets), MACs of the export.
+X_LABELS = {
+    "remain_weight": "remaining weights (%)",
+    "channel_density": "remaining channels (%)",
+    "macs": "MACs per image (structured export)",
+}
+PERCENT_AXES = ("remain_weight", "channel_density")
 
 # The plot's axes box in inches; the figure grows around it to fit labels and legend.
 AXES_SIZE = (6.4, 4.2)
@@ -209,6 +217,9 @@ def read_rounds(path: Path) -> list[dict[str, Any]]:
         if (branch, r) in seen:
             raise Skip(f"{path}: round {r} of branch {branch!r} appears twice")
         seen.add((branch, r))
+        sparsity = numeric(row.get("channel_sparsity"))
+        if sparsity is not None:  # the x axis of --x channel_density
+            row["channel_density"] = 100.0 - sparsity
     return rows
 
 
@@ -396,7 +407,7 @@ def family(color: Any, branch: str) -> tuple[float, float, float]:
 
 
 def tick_text(v: float, x: str) -> str:
-    if x == "remain_weight":
+    if x in PERCENT_AXES:
         return f"{v:.3g}"
     for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if v >= scale:
@@ -484,7 +495,7 @@ def plot(groups: Sequence[Group], metric: str, out: Path, x: str = "remain_weigh
             ax.axhline(statistics.fmean(dense), color="0.3", ls=(0, (6, 3)), lw=0.9, label="dense (round 0)")
         ax.set_xscale("log")
         ax.invert_xaxis()
-        ax.set_xlabel("remaining weights (%)" if x == "remain_weight" else "MACs per image (structured export)")
+        ax.set_xlabel(X_LABELS[x])
         ax.set_ylabel(metric.replace("_", " ") + " (%)")
         count = next(iter(seeds))
         n = f"{count} seed{'s' if count > 1 else ''}" if len(seeds) == 1 else "seeds (n per line)"
@@ -619,6 +630,8 @@ def report(
             ", ".join(r.path.name for r in unfinished),
         )
     groups = group_runs(runs)
+    if x == "channel_density":  # lines that remove channels (IMP and other unstructured ones stay at 100%)
+        groups = [g for g in groups if any(lv[x] < 99.999 for lv in g.levels(metric, x))]
     if x != "remain_weight":
         groups = [g for g in groups if g.levels(metric, x)]
         if not groups:
@@ -700,8 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--x",
         default="remain_weight",
-        choices=("remain_weight", "macs"),
-        help="the plot's x axis: remaining weights (default) or MACs of the structured export",
+        choices=tuple(X_LABELS),
+        help="the plot's x axis: remaining weights (default), remaining channels, or MACs of the structured export",
     )
     parser.add_argument("--provenance", metavar="RUN_DIR", help="print how RUN_DIR was made (provenance.json)")
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rsst.config.checks import validate_config
+from rsst.errors import RsstError
 from rsst.folder import provenance
 from rsst.folder.atomic import io_error
 from rsst.folder.checkpoint import load_checkpoint
@@ -288,6 +289,9 @@ def _log_to_file(run_dir: Path) -> Iterator[None]:
     log.setLevel(logging.INFO)
     try:
         yield
+    except RsstError as exc:  # the one line the user sees on stderr, kept in run.log too (only there)
+        handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (exc,), None))
+        raise
     finally:
         log.removeHandler(handler)
         handler.close()
