@@ -9,7 +9,7 @@ set -euo pipefail
 state=${RSST_SLURM_DIR:-/tmp/rsst-slurm}
 conf="$state/slurm.conf"
 host=$(hostname -s)
-cpus=$(nproc)
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc would report OMP_NUM_THREADS (the suite sets 1)
 mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
 
 install() {
