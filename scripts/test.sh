@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Set up a development environment and run the whole test suite. Extra arguments go to pytest.
+# Set up a development environment and run the whole test suite (what CI runs). Extra arguments go to pytest:
+#   bash scripts/test.sh -m unit    # the unit tier, about a minute: no training run, no Python subprocess
+#   bash scripts/test.sh -m slow    # the end-to-end tier (marked train: the runs trained in-process)
+# The markers are listed in pyproject.toml; tests/conftest.py applies them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev

@@ -39,6 +39,7 @@ def test_a_wrong_value_fails_before_training_naming_key_value_and_allowed(fast_c
     assert not list(tmp_path.glob("*/checkpoint.pt"))
 
 
+@pytest.mark.train
 def test_omp_prunes_the_round_0_dense_network_in_every_round(fast_cfg):
     summary = run(fast_cfg("struct=omp", "prune.rounds=3", *QUICK))
     run_dir = Path(summary["run_dir"])
@@ -52,6 +53,7 @@ def test_omp_prunes_the_round_0_dense_network_in_every_round(fast_cfg):
     assert "conv1.weight" not in ticket  # the stem
 
 
+@pytest.mark.train
 def test_with_prune_density_round_1_prunes_once_and_later_rounds_retrain_the_ticket(fast_cfg):
     summary = run(fast_cfg("struct=random", "struct.mode=global", "prune.density=0.1", "prune.rounds=3", *QUICK))
     assert [r["remain_weight"] for r in summary["rounds"]] == pytest.approx([100.0, 10.0, 10.0], abs=0.01)

@@ -95,6 +95,7 @@ def test_quick_mode_prints_one_json_line_per_loop_and_precision_and_the_ratios()
     ],
     ids=["amp", "loops"],
 )
+@pytest.mark.slow
 def test_an_unknown_choice_is_refused_with_the_choices(args, message):
     proc = subprocess.run(
         [sys.executable, "benchmarks/train_speed.py", "--quick", *args],

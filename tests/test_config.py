@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import CONF, compose_config, launch
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from rsst.config.checks import ConfigError, build, validate_config
 
@@ -52,9 +53,38 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
 
 
 def test_every_experiment_preset_composes():
-    for preset in options("experiment") if (CONF / "experiment").is_dir() else []:
+    """Each paper preset composes to the defaults with its groups swapped and its own values on top, names a
+    method, validates, and changes the default run; a missing or empty ``conf/experiment`` fails."""
+
+    def leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+        keys = []
+        for key, value in node.items_ex(resolve=False):
+            dotted = f"{prefix}{key}"
+            keys += leaf_keys(value, f"{dotted}.") if isinstance(value, DictConfig) else [dotted]
+        return keys
+
+    folder = CONF / "experiment"
+    assert folder.is_dir(), f"{folder} is missing: the paper presets live there"
+    presets = options("experiment")
+    assert presets, f"{folder} holds no preset"
+    default = OmegaConf.to_container(compose_config())
+    for preset in presets:
+        body = OmegaConf.load(folder / f"{preset}.yaml")
+        groups = {}
+        for entry in body.pop("defaults", []):
+            ((key, option),) = entry.items()
+            assert key.startswith("override /"), f"{preset}: defaults entry {key!r} is not an override of a group"
+            groups[key.removeprefix("override /")] = option
+        assert "struct" in groups, f"{preset} names no pruning method (override /struct)"
         cfg = compose_config([f"experiment={preset}"])
         validate_config(cfg)
+        # what the preset says, built by hand: the groups it picks, then its own keys at the top level
+        expected = OmegaConf.merge(compose_config([f"{g}={o}" for g, o in groups.items()]), body)
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(expected), preset
+        assert cfg.struct._target_ == compose_config([f"struct={groups['struct']}"]).struct._target_
+        for key in leaf_keys(body):
+            assert OmegaConf.select(cfg, key) == OmegaConf.select(body, key), f"{preset}: {key}"
+        assert OmegaConf.to_container(cfg) != default, f"{preset} changes nothing in the default run"
 
 
 BAD_VALUES = [

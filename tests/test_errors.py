@@ -74,10 +74,12 @@ def imports_after(module: str) -> set[str]:
     return set(done.stdout.split())
 
 
+@pytest.mark.slow
 def test_the_errors_module_imports_nothing_heavy():
     assert "torch" not in imports_after("rsst.errors")
 
 
+@pytest.mark.slow
 def test_a_model_file_does_not_import_the_config_layer():
     assert "rsst.config.checks" not in imports_after("rsst.models.prunable")
 

@@ -227,6 +227,7 @@ def test_a_bare_off_read_as_false_by_yaml_means_off(fast_cfg):
     assert compile_model(model, cfg.train.compile) is model
 
 
+@pytest.mark.train
 def test_a_resumed_fp16_run_keeps_its_loss_scaler_state(fast_cfg, tmp_path):
     """The fp16 loss scaler is part of the checkpoint: a restart continues its count of clean steps
     towards the next growth of the scale (and any scale reached) instead of starting over."""

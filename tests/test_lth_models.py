@@ -188,6 +188,7 @@ def test_a_run_of_the_mlp_without_include_fc_stops_before_training_with_one_line
     assert not list(tmp_path.glob("**/checkpoint.pt")) and not list(tmp_path.glob("**/metrics.csv"))
 
 
+@pytest.mark.train
 def test_a_lenet_run_prunes_each_layer_at_the_configured_rates(tmp_path):
     from rsst import run
 

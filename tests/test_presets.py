@@ -98,6 +98,7 @@ def test_the_presets_are_found():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.train
 def test_each_preset_runs_a_dense_and_a_pruned_round_with_every_control(preset, tmp_path):
     cfg = compose_config([f"experiment={preset}"])
     target = cfg.dataset._target_

@@ -92,6 +92,7 @@ def test_report_plot_is_a_real_image(sweep):
         assert im.size == tuple(round(v * layout.dpi) for v in layout.size_inches)
 
 
+@pytest.mark.slow
 def test_report_on_a_single_run_folder_and_on_nothing(tmp_path, sweep):
     single = next(p for p in sweep.iterdir() if p.name.startswith("imp"))
     result = report(single, out=tmp_path / "single")

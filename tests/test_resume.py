@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import FINISHED_ARGS, ROOT, launch, only_run_dir, read_rounds
+from helpers import FINISHED_ARGS, launch, only_run_dir, read_rounds
 
 
 def comparable(rows: list[dict]) -> list[dict]:
@@ -30,17 +26,14 @@ def epochs_done(run_root: Path) -> int:
 def test_a_run_killed_mid_round_resumes_to_the_same_rounds_json(finished_run, tmp_path):
     reference = read_rounds(finished_run)  # the same config, uninterrupted
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "launch.py", *FINISHED_ARGS, f"paths.root={killed}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while epochs_done(killed) < 3 and proc.poll() is None and time.time() < deadline:  # 3 = round 1, epoch 0
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # SIGKILL in the middle of round 2: after its first epoch's checkpoint, before metrics.csv records that epoch
+    proc = launch(*FINISHED_ARGS, f"paths.root={killed}", env={"RSST_KILL_AT": "epoch_saved:2:ticket:0"})
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]
     run_dir = only_run_dir(killed)
     interrupted_at = epochs_done(killed)
     assert 3 <= interrupted_at < 6
+    assert interrupted_at == 4  # rounds 0 and 1, two epochs each
+    assert [r["round"] for r in read_rounds(run_dir)] == [0, 1]
 
     resumed = launch(*FINISHED_ARGS, f"paths.root={killed}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]

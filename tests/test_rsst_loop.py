@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONF, FAST, compose_config, launch, read_rounds
+from helpers import FAST, compose_config, launch, read_rounds
 from hydra.errors import HydraException
 from torch import nn
 
@@ -315,7 +315,6 @@ PRESETS = {
 }
 
 
-@pytest.mark.skipif(not (CONF / "dataset" / "cifar100.yaml").exists(), reason="the cifar100 data set is not there yet")
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_the_experiment_presets_reproduce_the_original_commands(preset):
     cfg = compose_config([f"experiment={preset}"])
@@ -334,7 +333,6 @@ def test_the_experiment_presets_reproduce_the_original_commands(preset):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CONF / "dataset" / "cifar100.yaml").exists(), reason="the cifar100 data set is not there yet")
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_a_preset_without_its_data_fails_with_a_message_not_a_traceback(preset, tmp_path):
     proc = launch(f"experiment={preset}", f"paths.root={tmp_path}", f"dataset.root={tmp_path / 'no_data'}")

@@ -144,6 +144,7 @@ def test_a_second_process_on_the_same_folder_stops_at_once_naming_the_holder(tmp
         holder.wait()
 
 
+@pytest.mark.slow
 def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
     code = f"from rsst.folder.lock import RunLock; import time; RunLock({str(tmp_path)!r}).acquire(); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)

@@ -34,6 +34,7 @@ def storages(tensors) -> list[int]:
     return [t.untyped_storage().data_ptr() for t in tensors]
 
 
+@pytest.mark.train
 def test_theta_0_is_bit_identical_after_several_rounds(fast_cfg):
     loop = make_loop(fast_cfg("struct=imp"))
     before = {k: v.clone() for k, v in loop.state.theta_0.items()}
@@ -44,6 +45,7 @@ def test_theta_0_is_bit_identical_after_several_rounds(fast_cfg):
     assert not torch.equal(loop.model.state_dict()["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])
 
 
+@pytest.mark.train
 def test_masks_share_no_storage_with_each_other_theta_0_or_weights(fast_cfg):
     loop = make_loop(fast_cfg("struct=imp"))
     train_round(loop, 1)
@@ -56,6 +58,7 @@ def test_masks_share_no_storage_with_each_other_theta_0_or_weights(fast_cfg):
     assert not set(storages(loop.state.theta_0.values())) & set(storages(loop.model.state_dict().values()))
 
 
+@pytest.mark.train
 def test_rewind_init_restores_theta_0_under_the_new_mask(fast_cfg):
     loop = make_loop(fast_cfg("struct=imp", "prune.rewind=init"))
     train_round(loop, 2)
@@ -67,6 +70,7 @@ def test_rewind_init_restores_theta_0_under_the_new_mask(fast_cfg):
     assert loop.state.plan.train.density() == pytest.approx(0.8, abs=1e-3)
 
 
+@pytest.mark.train
 def test_rewind_epoch_restores_the_epoch_k_weights_including_bn_statistics(fast_cfg):
     cfg = fast_cfg("struct=imp", "prune.rewind=epoch", "prune.rewind_epoch=2", "train.epochs=3")
     loop = make_loop(cfg)
@@ -102,6 +106,7 @@ def test_missing_pretrained_file_is_named_before_training(fast_cfg, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.train
 def test_round_records_follow_the_imp_schedule(fast_cfg, tmp_path):
     summary = run(fast_cfg("struct=imp", "prune.rounds=3"))
     rows = summary["rounds"]

@@ -277,6 +277,7 @@ def test_an_exported_file_with_a_code_payload_is_refused_and_never_runs(tmp_path
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_python_m_rsst_export_runs_without_a_runpy_warning():
     """The loop never imports ``rsst.export``, so ``-m rsst.export`` is not imported twice (runpy's warning)."""
     result = subprocess.run(

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from helpers import FAST, ROOT, launch, only_run_dir
+from helpers import FAST, launch, only_run_dir
 
 from rsst.folder.checkpoint import load_checkpoint
 
@@ -19,18 +15,10 @@ ARGS = [*FAST, "logger=wandb", "struct=rsst", "criteria=magnitude", "prune.round
 
 @pytest.mark.slow
 def test_wandb_offline_run_logs_the_original_names_and_keeps_its_id_across_a_resume(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "launch.py", *ARGS, f"paths.root={tmp_path}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        metrics = list(tmp_path.glob("*/metrics.csv"))
-        if metrics and len(metrics[0].read_text().splitlines()) >= 3:  # header + 2 epochs
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # SIGKILL in round 0 once two epochs are logged (to wandb too), after the third epoch's checkpoint
+    proc = launch(*ARGS, f"paths.root={tmp_path}", env={"RSST_KILL_AT": "epoch_saved:0:ticket:2"})
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len((only_run_dir(tmp_path) / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
     resumed = launch(*ARGS, f"paths.root={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
