@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rsst.folder.atomic import atomic_write_json, atomic_write_text
+from rsst.folder.layout import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,11 @@ class CsvLogger:
     def log_epochs(self, rows: Sequence[dict[str, Any]]) -> None:
         """``rows`` is the whole epoch history so far; the newest row is the last."""
         assert self.run_dir is not None
-        atomic_write_text(self.run_dir / "metrics.csv", to_csv(rows))
+        atomic_write_text(RunFiles(self.run_dir).metrics, to_csv(rows))
 
     def log_rounds(self, rows: Sequence[dict[str, Any]]) -> None:
         assert self.run_dir is not None
-        atomic_write_json(self.run_dir / "rounds.json", list(rows))
+        atomic_write_json(RunFiles(self.run_dir).rounds, list(rows))
 
     def finish(self) -> None:
         pass

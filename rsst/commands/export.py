@@ -33,6 +33,7 @@ from rsst.config.checks import build
 from rsst.config.registry import RefusedConfig, checked_node
 from rsst.errors import RsstError
 from rsst.folder.atomic import atomic_torch_save, atomic_write_text
+from rsst.folder.layout import MASKS, WEIGHTS, RunFiles
 from rsst.folder.naming import read_verified_config
 from rsst.folder.safeload import UnloadableFile, load_tensors
 from rsst.models.shrink import FoldedConv2d, shrink
@@ -78,11 +79,12 @@ def _tensor_dict(blob: Any, file: Path, what: str) -> dict[str, Tensor]:
 
 def _read_round_file(run_dir: Path, kind: str, round_: int) -> dict[str, Tensor]:
     """``weights/round_<r>.pt`` or ``masks/round_<r>.pt`` of the run, as tensors; :class:`ExportError` otherwise."""
-    file = run_dir / kind / f"round_{round_}.pt"
+    files = RunFiles(run_dir)
+    file = files.weights(round_) if kind == WEIGHTS else files.masks(round_)
     try:
         blob = load_tensors(file)
     except FileNotFoundError:
-        kept = sorted(int(f.stem[6:]) for f in (run_dir / kind).glob("round_*.pt") if f.stem[6:].isdigit())
+        kept = files.kept_rounds(kind)
         raise ExportError(
             f"{file} is missing (the folder holds rounds {kept or 'none'}): it is written once, when round "
             f"{round_} finishes, and no other file can rebuild it; rerun the run (into a fresh paths.run_dir) "
@@ -121,10 +123,11 @@ def load_round(run_dir: Path, round_: int, device: torch.device) -> LoadedRound:
     (a ``_target_`` that is not the project's own) or :class:`ExportError` (a missing or corrupt round file).
     """
     cfg = read_verified_config(run_dir)
-    cfg_file = run_dir / "config.yaml"
+    files = RunFiles(run_dir)
+    cfg_file = files.config
     arch, dataset = (checked_node(cfg.get(group), group, cfg_file) for group in ("arch", "dataset"))
-    weights = _read_round_file(run_dir, "weights", round_)
-    masks = {n: m.float() for n, m in _read_round_file(run_dir, "masks", round_).items()}
+    weights = _read_round_file(run_dir, WEIGHTS, round_)
+    masks = {n: m.float() for n, m in _read_round_file(run_dir, MASKS, round_).items()}
     data = build(OmegaConf.create(dataset), "dataset")
     shape = (1, data.in_channels, data.image_size, data.image_size)
     dims = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
@@ -132,12 +135,10 @@ def load_round(run_dir: Path, round_: int, device: torch.device) -> LoadedRound:
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise ExportError(
-            f"{run_dir / 'weights' / f'round_{round_}.pt'} does not fit the run's arch: {_one_line(exc)}"
-        ) from None
+        raise ExportError(f"{files.weights(round_)} does not fit the run's arch: {_one_line(exc)}") from None
     unknown = sorted(set(masks) - set(weights))
     if unknown:
-        raise ExportError(f"{run_dir / 'masks' / f'round_{round_}.pt'} masks weights the model lacks: {unknown[:3]}")
+        raise ExportError(f"{files.masks(round_)} masks weights the model lacks: {unknown[:3]}")
     return LoadedRound(model.to(device).eval(), {n: m.to(device) for n, m in masks.items()}, shape, arch, dims)
 
 
@@ -266,7 +267,7 @@ def export_round(
         for name, param in dense.named_parameters():
             if name in masks:
                 param.mul_(masks[name])
-    out_file = Path(out) if out else run_dir / f"export_round_{round_}.pt"
+    out_file = Path(out) if out else RunFiles(run_dir).export_model(round_)
     result = {
         "run_dir": str(run_dir),
         "round": round_,
@@ -283,7 +284,7 @@ def export_round(
     }
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_exported(exported, loaded.arch, loaded.dims, out_file)
-    atomic_write_text(run_dir / f"export_round_{round_}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(RunFiles(run_dir).export_json(round_), json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from rsst.errors import RsstError
 from rsst.folder.atomic import RunIOError, atomic_write_text
+from rsst.folder.layout import CHECKPOINT, CONFIG, ROUNDS, ReportFiles, RunFiles
 from rsst.folder.naming import EXCLUDED_KEYS, RunFolderError, read_verified_config
 
 log = logging.getLogger(__name__)
@@ -232,18 +233,18 @@ def find_runs(path: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such folder")
-    marks = ("rounds.json", "checkpoint.pt")
+    marks = (ROUNDS, CHECKPOINT)
     if any((path / m).exists() for m in marks):
         candidates = [path]
     else:
         candidates = sorted({p.parent for m in marks for p in path.rglob(m)})
     if not candidates:
-        raise FileNotFoundError(f"{path}: no run folders (config.yaml + checkpoint.pt + rounds.json) at or below it")
+        raise FileNotFoundError(f"{path}: no run folders ({CONFIG} + {CHECKPOINT} + {ROUNDS}) at or below it")
     runs, skipped = [], []
     for folder in candidates:
         try:
             config = read_verified_config(folder)
-            rounds_file = folder / "rounds.json"
+            rounds_file = RunFiles(folder).rounds
             if not rounds_file.exists():
                 raise Skip(f"{rounds_file} is missing: no round has finished yet")
             rounds = read_rounds(rounds_file)
@@ -584,14 +585,14 @@ def usable(run: Run, metric: str) -> Run:
     if missing:
         found = sorted({k for row in run.rounds for k, v in row.items() if numeric(v) is not None})
         raise Skip(
-            f"{run.path / 'rounds.json'}: round {missing[0]} has no numeric {metric!r} (columns: {', '.join(found)})"
+            f"{RunFiles(run.path).rounds}: round {missing[0]} has no numeric {metric!r} (columns: {', '.join(found)})"
         )
     bad = [row for row in run.rounds if row.get("branch", TICKET) != TICKET and numeric(row.get(metric)) is None]
     if bad:
         branches = sorted({row["branch"] for row in bad})
         log.warning(
             "%s: %d control rows (%s) have no numeric %r; they are left out",
-            run.path / "rounds.json",
+            RunFiles(run.path).rounds,
             len(bad),
             ", ".join(branches),
             metric,
@@ -641,10 +642,11 @@ def report(
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out_dir / "report.csv", buf.getvalue())
+    files = ReportFiles(out_dir)
+    atomic_write_text(files.csv, buf.getvalue())
     md = markdown_table(groups, metric)
-    atomic_write_text(out_dir / "report.md", md + "\n")
-    drawn = plot(groups, metric, out_dir / "report.png", x)
+    atomic_write_text(files.markdown, md + "\n")
+    drawn = plot(groups, metric, files.png, x)
     return {"groups": groups, "rows": rows, "markdown": md, "out": out_dir, "layout": drawn, "skipped": skipped}
 
 
@@ -681,7 +683,7 @@ def format_provenance(data: dict[str, Any]) -> str:
 
 
 def read_provenance(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "provenance.json"
+    path = RunFiles(run_dir).provenance
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
@@ -738,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"rsst.report: {exc.args[0]}\n")
         return 2
     sys.stdout.write(result["markdown"] + "\n")
-    sys.stdout.write(f"wrote report.csv, report.md, report.png to {result['out']}\n")
+    sys.stdout.write(f"wrote {', '.join(ReportFiles(result['out']).names)} to {result['out']}\n")
     return 0
 
 

@@ -20,8 +20,7 @@ from types import TracebackType
 
 from rsst.errors import RsstError
 from rsst.folder.atomic import io_error
-
-LOCK_NAME = ".lock"
+from rsst.folder.layout import RunFiles
 
 
 class RunLockedError(RsstError, RuntimeError):
@@ -33,7 +32,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_NAME
+        self.path = RunFiles(self.run_dir).lock
         self.fd: int | None = None
 
     def acquire(self) -> None:

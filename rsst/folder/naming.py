@@ -104,9 +104,11 @@ def read_verified_config(run_dir: str | Path) -> dict[str, Any]:
     import yaml  # noqa: PLC0415  (PyYAML comes with omegaconf)
 
     from rsst.folder.checkpoint import CheckpointError, read_identity  # noqa: PLC0415
+    from rsst.folder.layout import RunFiles  # noqa: PLC0415
 
     run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.yaml"
+    files = RunFiles(run_dir)
+    cfg_file = files.config
     try:
         data = yaml.safe_load(cfg_file.read_text())
     except FileNotFoundError:
@@ -116,7 +118,7 @@ def read_verified_config(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RunFolderError(f"{cfg_file} is not a config (found {type(data).__name__})")
     try:
-        recorded = read_identity(run_dir / "checkpoint.pt")
+        recorded = read_identity(files.checkpoint)
     except CheckpointError as exc:
         raise RunFolderError(str(exc)) from None
     try:

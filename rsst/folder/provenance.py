@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from rsst.folder.atomic import atomic_write_json
+from rsst.folder.layout import RunFiles
 
 PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "submitit", "wandb", "rsst")
-FILE = "provenance.json"
 
 
 def _version(package: str) -> str | None:
@@ -84,7 +84,7 @@ def collect(device: torch.device, extra: dict[str, Any] | None = None) -> dict[s
 
 def record_start(run_dir: Path, device: torch.device, resumed: bool, extra: dict[str, Any] | None = None) -> None:
     """Write ``provenance.json``: the first start's record, and one entry per start (resumes included)."""
-    path = run_dir / FILE
+    path = RunFiles(run_dir).provenance
     now = collect(device, extra)
     previous: dict[str, Any] = {}
     if path.is_file():

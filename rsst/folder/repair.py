@@ -19,24 +19,24 @@ import yaml
 from omegaconf import OmegaConf
 
 from rsst.folder.atomic import atomic_torch_save, atomic_write_json, atomic_write_text, leftover_temporaries
+from rsst.folder.layout import CONFIG, RunFiles
 from rsst.folder.naming import RunFolderError, config_hash
 from rsst.tracking import to_csv
 
 log = logging.getLogger("rsst")
 
-RUN_FILES = ("checkpoint.pt", "rounds.json", "metrics.csv")
-
 
 def refuse_foreign(run_dir: Path, our_hash: str) -> None:
     """A new run may not start in a folder holding another config's files; name both hashes."""
-    cfg_file = run_dir / "config.yaml"
+    files = RunFiles(run_dir)
+    cfg_file = files.config
     theirs = None
     if cfg_file.is_file():
         try:
             theirs = config_hash(OmegaConf.create(yaml.safe_load(cfg_file.read_text())))
         except Exception:  # an unreadable config.yaml: judge the folder by its other files
             theirs = "unreadable"
-    results = [name for name in (*RUN_FILES[1:], "masks", "weights") if (run_dir / name).exists()]
+    results = [path.name for path in files.results if path.exists()]
     if theirs is not None and theirs != our_hash:
         raise RunFolderError(
             f"{run_dir} holds another config's run (config {theirs}; this run is config {our_hash}); "
@@ -44,14 +44,15 @@ def refuse_foreign(run_dir: Path, our_hash: str) -> None:
         )
     if theirs is None and results:
         raise RunFolderError(
-            f"{run_dir} holds results ({', '.join(results)}) but no config.yaml or checkpoint; this run is "
+            f"{run_dir} holds results ({', '.join(results)}) but no {CONFIG} or checkpoint; this run is "
             f"config {our_hash}; choose another paths.run_dir, or move that folder away"
         )
 
 
 def remove_temporaries(run_dir: Path) -> list[Path]:
     """Delete the temporary files interrupted atomic writes left in the run folder; return them."""
-    gone = [p for folder in (run_dir, run_dir / "masks", run_dir / "weights") for p in leftover_temporaries(folder)]
+    files = RunFiles(run_dir)
+    gone = [p for folder in (run_dir, files.masks_dir, files.weights_dir) for p in leftover_temporaries(folder)]
     for p in gone:
         p.unlink(missing_ok=True)
     if gone:
@@ -84,25 +85,26 @@ def repair(
     ``tickets`` maps each finished round to its final masks; ``last_weights`` gives the last
     finished round's weights when the run stands at a round boundary (else None).
     """
-    cfg_file = run_dir / "config.yaml"
+    files = RunFiles(run_dir)
+    cfg_file = files.config
     if not cfg_file.is_file() or cfg_file.read_text() != config_text:
         if cfg_file.is_file():
             log.warning("%s differed from the checkpoint's config: rewritten", cfg_file)
         atomic_write_text(cfg_file, config_text)
-    atomic_write_json(run_dir / "rounds.json", list(round_rows))
+    atomic_write_json(files.rounds, list(round_rows))
     if epoch_rows:
-        atomic_write_text(run_dir / "metrics.csv", to_csv(epoch_rows))
+        atomic_write_text(files.metrics, to_csv(epoch_rows))
     lost = []
     done = sum(1 for row in round_rows if "branch" not in row)  # the tickets' rows; controls carry a branch
     for r in range(done):
-        mask_file = run_dir / "masks" / f"round_{r}.pt"
+        mask_file = files.masks(r)
         if r in tickets:
             if not mask_file.is_file() or _masks_differ(mask_file, tickets[r]):
                 log.warning("%s was missing or did not match the checkpoint: rebuilt", mask_file)
                 atomic_torch_save({n: m.bool().cpu() for n, m in tickets[r].items()}, mask_file)
         elif not mask_file.is_file():
             lost.append(mask_file)
-        weights_file = run_dir / "weights" / f"round_{r}.pt"
+        weights_file = files.weights(r)
         if not weights_file.is_file():
             if r == done - 1 and last_weights is not None:
                 log.warning("%s was missing: rebuilt from the checkpoint", weights_file)

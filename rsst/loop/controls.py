@@ -47,7 +47,7 @@ def end(loop: RoundLoop) -> dict[str, Any]:
     r, name, mask = state.round - 1, state.branch, state.plan.train
     rows = [row for row in state.epoch_rows if row["round"] == r and row.get("branch") == name]
     record = control_record(r, name, rows, mask.density(), mask.channel_sparsity(), state.round_seconds)
-    loop.write(lambda: mask.save(loop.run_dir / "masks" / f"round_{r}_{name}.pt"))
+    loop.write(lambda: mask.save(loop.files.masks(r, name)))
     state.round_rows.append(record)
     state.pending.pop(0)
     state.branch, state.epoch, state.plan = None, 0, None

@@ -20,6 +20,7 @@ from torch import nn
 from rsst.config.checks import build
 from rsst.folder.atomic import atomic_torch_save
 from rsst.folder.checkpoint import clone_state, save_checkpoint
+from rsst.folder.layout import RunFiles
 from rsst.folder.naming import config_hash, hashed_config
 from rsst.loop import controls
 from rsst.loop.epochs import Epochs, epoch_seed
@@ -86,6 +87,11 @@ class RoundLoop:
         ddp.global_batch_norm(self.model)
         self.epochs.train_forward = compile_model(ddp.wrap(self.model, self.env, self.device), self.cfg.train.compile)
 
+    @property
+    def files(self) -> RunFiles:
+        """The names of the run folder's files."""
+        return RunFiles(self.run_dir)
+
     def new_model(self) -> nn.Module:
         data = self.data
         return self.factory(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
@@ -146,7 +152,7 @@ class RoundLoop:
 
     def save(self) -> None:
         """Rank 0 saves the checkpoint (every rank holds the same state); the others wait for it."""
-        self.write(lambda: save_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint()))
+        self.write(lambda: save_checkpoint(self.files.checkpoint, self.checkpoint()))
 
     # -- the round --------------------------------------------------------------------------------
 
@@ -171,7 +177,7 @@ class RoundLoop:
 
     def dense_weights(self) -> dict[str, torch.Tensor]:
         """The trained dense network: the state_dict saved at the end of round 0."""
-        path = self.run_dir / "weights" / "round_0.pt"
+        path = self.files.weights(0)
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the trained dense network (round 0) is needed to prune")
         return torch.load(path, map_location=self.device, weights_only=True)
@@ -277,8 +283,8 @@ class RoundLoop:
         state.tickets[r] = {n: m.bool().cpu() for n, m in final.items()}
 
         def write_ticket() -> None:
-            final.save(self.run_dir / "masks" / f"round_{r}.pt")
-            atomic_torch_save(self.model.state_dict(), self.run_dir / "weights" / f"round_{r}.pt")
+            final.save(self.files.masks(r))
+            atomic_torch_save(self.model.state_dict(), self.files.weights(r))
 
         self.write(write_ticket)
         state.round_rows.append(record)

@@ -25,6 +25,7 @@ from rsst.errors import RsstError
 from rsst.folder import provenance
 from rsst.folder.atomic import io_error
 from rsst.folder.checkpoint import load_checkpoint
+from rsst.folder.layout import RunFiles
 from rsst.folder.lock import RunLock
 from rsst.folder.naming import RunFolderError, hashed_config, run_directory
 from rsst.folder.repair import refuse_foreign, remove_temporaries, repair
@@ -99,7 +100,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _build(cfg: DictConfig, run_dir: Path, runtime: Runtime) -> tuple[RoundLoop, dict[str, torch.Tensor] | None]:
     """The loop, and a pretrained file's weights when a new run needs them (checked before any write)."""
     loop = RoundLoop(cfg, run_dir, runtime)
-    return loop, None if (run_dir / "checkpoint.pt").exists() else loop.check_pretrained()
+    return loop, None if loop.files.checkpoint.exists() else loop.check_pretrained()
 
 
 def _open_folder(loop: RoundLoop, held: ExitStack) -> None:
@@ -116,7 +117,7 @@ def _open_folder(loop: RoundLoop, held: ExitStack) -> None:
 
 
 def _restore_or_start(loop: RoundLoop, resumed: bool, pretrained: dict[str, torch.Tensor] | None) -> None:
-    ckpt = loop.run_dir / "checkpoint.pt"
+    ckpt = loop.files.checkpoint
     if resumed:
         loop.restore(load_checkpoint(ckpt, loop.hash, hashed_config(loop.cfg)))
         log.info("resuming %s at round %d, epoch %d", loop.run_dir, loop.state.round, loop.state.epoch)
@@ -151,7 +152,7 @@ def _put_in_order(loop: RoundLoop, resumed: bool, hosts: list[str]) -> None:
 def _run(loop: RoundLoop, pretrained: dict[str, torch.Tensor] | None) -> dict[str, Any]:
     cfg, run_dir, env, state = loop.cfg, loop.run_dir, loop.env, loop.state
     loop.write(lambda: remove_temporaries(run_dir))
-    ckpt = run_dir / "checkpoint.pt"
+    ckpt = loop.files.checkpoint
     resumed = ckpt.exists()
     if env.is_distributed and dist.any_rank(resumed) != (not dist.any_rank(not resumed)):
         raise RunFolderError(
@@ -281,9 +282,9 @@ def _quiet() -> Iterator[None]:
 def _log_to_file(run_dir: Path) -> Iterator[None]:
     """Mirror the ``rsst`` logger into ``run.log`` in the run directory while the run lasts."""
     try:
-        handler = logging.FileHandler(run_dir / "run.log")
+        handler = logging.FileHandler(RunFiles(run_dir).log)
     except OSError as exc:
-        raise io_error("write", run_dir / "run.log", exc) from exc
+        raise io_error("write", RunFiles(run_dir).log, exc) from exc
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)

@@ -1,0 +1,137 @@
+"""The names of a run folder's files, in one place: :class:`RunFiles` (and :class:`ReportFiles`).
+
+No other module spells a run folder's file names. They are part of every run folder that exists,
+so they never change: a folder an older version wrote must still resume, report and export.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+ROUNDS = "rounds.json"
+METRICS = "metrics.csv"
+LOG = "run.log"
+LOCK = ".lock"
+PROVENANCE = "provenance.json"
+WEIGHTS = "weights"
+MASKS = "masks"
+REPORT_CSV, REPORT_MD, REPORT_PNG = "report.csv", "report.md", "report.png"
+
+_ROUND_FILE = re.compile(r"round_(?P<round>[0-9]+)(?:_(?P<branch>[A-Za-z0-9_]+))?\.pt")
+
+
+def round_file(round_: int, branch: str | None = None) -> str:
+    """``round_<r>.pt`` (a ticket's), or ``round_<r>_<branch>.pt`` (a lottery-ticket control's masks)."""
+    return f"round_{round_}.pt" if branch is None else f"round_{round_}_{branch}.pt"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of the run folder ``run_dir``, by what they hold."""
+
+    run_dir: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+
+    @property
+    def config(self) -> Path:
+        """``config.yaml``: the resolved config, a readable copy (the checkpoint's hash is the identity)."""
+        return self.run_dir / CONFIG
+
+    @property
+    def checkpoint(self) -> Path:
+        """``checkpoint.pt``: the whole state, saved after every epoch; the source of truth."""
+        return self.run_dir / CHECKPOINT
+
+    @property
+    def rounds(self) -> Path:
+        """``rounds.json``: a row per finished round (and lottery-ticket control)."""
+        return self.run_dir / ROUNDS
+
+    @property
+    def metrics(self) -> Path:
+        """``metrics.csv``: a row per epoch."""
+        return self.run_dir / METRICS
+
+    @property
+    def log(self) -> Path:
+        """``run.log``: the run's log, appended to by every start."""
+        return self.run_dir / LOG
+
+    @property
+    def lock(self) -> Path:
+        """``.lock``: held by the one process writing the folder."""
+        return self.run_dir / LOCK
+
+    @property
+    def provenance(self) -> Path:
+        """``provenance.json``: where, with what and how the run was made."""
+        return self.run_dir / PROVENANCE
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.run_dir / WEIGHTS
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.run_dir / MASKS
+
+    def weights(self, round_: int) -> Path:
+        """``weights/round_<r>.pt``: the state_dict at the end of round ``r``."""
+        return self.weights_dir / round_file(round_)
+
+    def masks(self, round_: int, branch: str | None = None) -> Path:
+        """``masks/round_<r>.pt``: round ``r``'s ticket; ``masks/round_<r>_<branch>.pt``: a control's mask."""
+        return self.masks_dir / round_file(round_, branch)
+
+    def export_model(self, round_: int) -> Path:
+        """``export_round_<r>.pt``: the exported network's default place (``rsst.export``)."""
+        return self.run_dir / f"export_round_{round_}.pt"
+
+    def export_json(self, round_: int) -> Path:
+        """``export_round_<r>.json``: the export's sizes and latencies."""
+        return self.run_dir / f"export_round_{round_}.json"
+
+    def kept_rounds(self, kind: str) -> list[int]:
+        """The rounds whose ticket file ``kind`` (``weights`` or ``masks``) holds, in order."""
+        folder = self.run_dir / kind
+        if not folder.is_dir():
+            return []
+        found = (_ROUND_FILE.fullmatch(p.name) for p in folder.iterdir())
+        return sorted(int(m["round"]) for m in found if m and m["branch"] is None)
+
+    @property
+    def results(self) -> tuple[Path, ...]:
+        """What a run writes as it trains (besides its config and checkpoint): a folder holding any is a run's."""
+        return (self.rounds, self.metrics, self.masks_dir, self.weights_dir)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What ``rsst.report`` writes into its output folder."""
+
+    out_dir: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+
+    @property
+    def csv(self) -> Path:
+        return self.out_dir / REPORT_CSV
+
+    @property
+    def markdown(self) -> Path:
+        return self.out_dir / REPORT_MD
+
+    @property
+    def png(self) -> Path:
+        return self.out_dir / REPORT_PNG
+
+    @property
+    def names(self) -> tuple[str, str, str]:
+        return (REPORT_CSV, REPORT_MD, REPORT_PNG)
