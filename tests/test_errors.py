@@ -103,8 +103,9 @@ def test_an_error_inside_the_run_folder_is_on_stderr_and_in_run_log_not_on_stdou
     run_dir = tmp_path / "run"
     first = launch(*FAST, "train.amp=off", "prune.rounds=1", "train.epochs=1", f"paths.run_dir={run_dir}")
     assert first.returncode == 0, first.stdout[-2000:]
+    kept_log = (run_dir / "run.log").read_bytes()
     refused = launch(*FAST, "train.amp=bf16", "prune.rounds=1", "train.epochs=1", f"paths.run_dir={run_dir}")
     assert refused.returncode == 2
     line = refused.stderr.strip().splitlines()[-1]
     assert "train.amp" in line and line not in refused.stdout
-    assert sum(line in entry for entry in (run_dir / "run.log").read_text().splitlines()) == 1
+    assert (run_dir / "run.log").read_bytes() == kept_log  # another config's folder is refused untouched (issue 23)

@@ -139,7 +139,7 @@ def test_pruned_weights_are_zero_and_rank_0_alone_wrote_the_records(lenet_runs):
     assert log.count("new run in") == 1  # one writer: rank 1 does not log into the run folder
     for check in ("round 0 end", "round 1 start", "round 1 end"):
         assert f"{check}: weights, buffers and masks identical on 2 processes" in log
-    assert not any(p.name.endswith(".tmp") for p in run.rglob("*"))
+    assert not any(".rsst-tmp-" in p.name for p in run.rglob("*"))
 
 
 def test_a_killed_two_process_run_resumes_to_the_files_of_an_uninterrupted_one(resnet_runs):

@@ -98,13 +98,13 @@ def test_missing_or_corrupt_files_are_rebuilt_from_the_checkpoint_and_temporarie
     (run_dir / "metrics.csv").unlink()
     (run_dir / "rounds.json").write_text('[{"round": 0')
     (run_dir / "config.yaml").write_text("seed: 99\n")
-    leftover = run_dir / ".checkpoint.pt.k1ll3d.tmp"
+    leftover = run_dir / ".checkpoint.pt.rsst-tmp-4242-0123456789abcdef"  # the atomic writes' own temporary names
     leftover.write_bytes(os.urandom(4 << 20))
-    (run_dir / "masks" / ".round_1.pt.x.tmp").write_bytes(b"half")
+    (run_dir / "masks" / ".round_1.pt.rsst-tmp-4242-00000000deadbeef").write_bytes(b"half")
 
     rerun(run_dir)
 
-    assert not leftover.exists() and not (run_dir / "masks" / ".round_1.pt.x.tmp").exists()
+    assert not leftover.exists() and not (run_dir / "masks" / ".round_1.pt.rsst-tmp-4242-00000000deadbeef").exists()
     assert comparable(read_rounds(run_dir)) == comparable(read_rounds(finished))
     assert rows_of_csv(run_dir / "metrics.csv") == rows_of_csv(finished / "metrics.csv")
     assert without_paths(run_dir / "config.yaml") == without_paths(finished / "config.yaml")

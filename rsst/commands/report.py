@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from rsst.errors import RsstError
-from rsst.folder.atomic import RunIOError, atomic_write_text
-from rsst.folder.layout import CHECKPOINT, CONFIG, ROUNDS, ReportFiles, RunFiles
+from rsst.folder.atomic import RunIOError, atomic_write_bytes, atomic_write_text
+from rsst.folder.layout import CHECKPOINT, CONFIG, ROUNDS, ReportFiles, RunFiles, printable
 from rsst.folder.naming import EXCLUDED_KEYS, RunFolderError, read_verified_config
 
 log = logging.getLogger(__name__)
@@ -503,8 +503,9 @@ def plot(groups: Sequence[Group], metric: str, out: Path, x: str = "remain_weigh
         ax.set_title(f"{describe_metric(metric)}, mean ± std over {n}", fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
         legend = layout(fig, ax, levels_x, x)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=DPI)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=DPI)
+        atomic_write_bytes(out, png.getvalue())  # a temporary file, then a rename: never through a link
         renderer = fig.canvas.get_renderer()
         to_fig = fig.transFigure.inverted()
 
@@ -606,6 +607,9 @@ def report(
 ) -> dict[str, Any]:
     """Write ``report.csv``, ``report.md`` and ``report.png`` for the runs under ``path``; return the table.
 
+    Each file is written atomically (a temporary file, then a rename), so a link standing at one of
+    the names is replaced and the file it points to is never written.
+
     ``x="macs"`` plots against the MACs of the structured export, which ``rounds.json`` holds for
     channel-wise (Refill/RSST) rounds; groups without them are left out. The result holds the
     groups, the CSV rows, the markdown, the plot's :class:`PlotLayout` and the skipped run folders.
@@ -696,10 +700,10 @@ def read_provenance(run_dir: str | Path) -> dict[str, Any]:
 
 
 class _Stderr(logging.Handler):
-    """Warnings as ``rsst.report: warning: ...`` lines on the current ``sys.stderr``."""
+    """Warnings as ``rsst.report: warning: ...`` lines on the current ``sys.stderr`` (file names in them escaped)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        sys.stderr.write(f"rsst.report: warning: {record.getMessage()}\n")
+        sys.stderr.write(f"rsst.report: warning: {printable(record.getMessage())}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -731,13 +735,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("give PATH (a run or sweep folder) or --provenance RUN_DIR")
         result = report(args.path, args.out, args.metric, args.x)
     except RsstError as exc:  # ReportError; RunIOError writing the report (its strerror names the file and why)
-        sys.stderr.write(f"rsst.report: {exc.strerror if isinstance(exc, RunIOError) else exc}\n")
+        sys.stderr.write(f"rsst.report: {printable(exc.strerror if isinstance(exc, RunIOError) else exc)}\n")
         return 2
     except OSError as exc:  # PATH missing (FileNotFoundError), or unreadable
-        sys.stderr.write(f"rsst.report: {exc}\n")
+        sys.stderr.write(f"rsst.report: {printable(exc)}\n")
         return 2
     except KeyError as exc:
-        sys.stderr.write(f"rsst.report: {exc.args[0]}\n")
+        sys.stderr.write(f"rsst.report: {printable(exc.args[0])}\n")
         return 2
     sys.stdout.write(result["markdown"] + "\n")
     sys.stdout.write(f"wrote {', '.join(ReportFiles(result['out']).names)} to {result['out']}\n")

@@ -1,5 +1,9 @@
 """Atomic file writes: write to a temporary file in the same folder, then rename over the target.
 
+The temporary file is ``.<name>.rsst-tmp-<pid>-<16 hex digits>`` (:func:`rsst.folder.layout.temp_name`),
+created exclusively and never through a link; the rename replaces the target's directory entry, so a
+symbolic link standing at the target's name is replaced, and the file it points to is left as it was.
+
 Every write failure is raised as :class:`RunIOError`, one line naming the file and what the
 operating system said (read-only, no space left, over the file-size limit), never a bare
 ``OSError`` or a serializer's internal error.
@@ -11,17 +15,14 @@ import errno
 import io
 import json
 import os
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rsst.errors import RsstError
-
-TMP_SUFFIX = ".tmp"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from rsst.folder.layout import temp_name
 
 MEANINGS = {
     errno.EROFS: "the file system is read-only",
@@ -31,7 +32,9 @@ MEANINGS = {
     errno.EDQUOT: "the disk quota is exceeded",
     errno.EFBIG: "the file is larger than the file-size limit (ulimit -f)",
     errno.EIO: "an input/output error of the device",
+    errno.ELOOP: "it is a symbolic link, and a run folder's files are never opened through one",
 }
+NOT_REGULAR = "it is not a regular file"
 
 
 class RunIOError(RsstError, OSError):
@@ -50,13 +53,45 @@ def io_error(action: str, path: str | Path, exc: OSError) -> RunIOError:
     return err
 
 
+def open_no_follow(path: str | Path, flags: int, action: str, mode: int = 0o666) -> int:
+    """``os.open(path, flags | O_NOFOLLOW)`` of a regular file; :class:`RunIOError` names a link or anything else.
+
+    Opened without blocking (a FIFO put in a file's place cannot stall the run); ``action`` says what
+    the error message calls the opening ("lock", "write").
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        raise io_error(action, path, exc) from exc
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError as exc:
+        os.close(fd)
+        raise io_error(action, path, exc) from exc
+    if not regular:
+        os.close(fd)
+        raise RunIOError(errno.EINVAL, f"cannot {action} {path}: {NOT_REGULAR}")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty temporary file beside ``path`` (created exclusively, never through a link)."""
+    for _ in range(100):
+        tmp = path.parent / temp_name(path.name)
+        try:  # the mode open() gives (0o666 less the umask), not a private 0600
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+
+
 def _atomic_write(path: str | Path, data: bytes) -> None:
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-        os.fchmod(fd, 0o666 & ~_UMASK)  # what open() would give, not mkstemp's private 0600
+        fd, tmp = _create_temporary(path)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -79,17 +114,13 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _atomic_write(path, buf.getvalue())
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic_write(path, data)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_write(path, text.encode())
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def leftover_temporaries(folder: str | Path) -> list[Path]:
-    """Temporary files an atomic write killed mid-way left in ``folder`` (not below it)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file())

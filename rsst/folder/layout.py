@@ -2,11 +2,18 @@
 
 No other module spells a run folder's file names. They are part of every run folder that exists,
 so they never change: a folder an older version wrote must still resume, report and export.
+
+The temporary files of atomic writes (:mod:`rsst.folder.atomic`) carry a mark no user file has,
+``.<name>.rsst-tmp-<pid>-<16 hex digits>``, so that a rerun removes only its own leftovers
+(:meth:`RunFiles.leftover_temporaries`), never a user's ``.data.tmp``.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +28,41 @@ WEIGHTS = "weights"
 MASKS = "masks"
 REPORT_CSV, REPORT_MD, REPORT_PNG = "report.csv", "report.md", "report.png"
 
+TEMP_MARK = ".rsst-tmp-"
+_TEMP_TARGET_LIMIT = 100  # characters of the target's name kept in a temporary name
+# ``.<target>.rsst-tmp-<pid>-<token>``; the target is a name of printable characters without a slash.
+TEMP_NAME = re.compile(r"\.(?P<target>[!-.0-~ ]+)\.rsst-tmp-(?P<pid>[0-9]+)-(?P<token>[0-9a-f]{16})")
+# What the run itself writes, and so what its start may sweep: the run's files and the rounds' tensors.
+_RUN_WRITTEN = (CONFIG, CHECKPOINT, ROUNDS, METRICS, PROVENANCE)
 _ROUND_FILE = re.compile(r"round_(?P<round>[0-9]+)(?:_(?P<branch>[A-Za-z0-9_]+))?\.pt")
 
 
 def round_file(round_: int, branch: str | None = None) -> str:
     """``round_<r>.pt`` (a ticket's), or ``round_<r>_<branch>.pt`` (a lottery-ticket control's masks)."""
     return f"round_{round_}.pt" if branch is None else f"round_{round_}_{branch}.pt"
+
+
+def temp_name(target: str) -> str:
+    """A fresh temporary name beside ``target`` (a file name): ``.<target>.rsst-tmp-<pid>-<16 hex digits>``."""
+    return f".{target[:_TEMP_TARGET_LIMIT]}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def temp_target(name: str) -> str | None:
+    """The target name a temporary name was made for (by :func:`temp_name`), or None for any other name."""
+    found = TEMP_NAME.fullmatch(name)
+    return found["target"] if found else None
+
+
+def printable(text: object) -> str:
+    """``text`` with every character that is not printable (a newline, an escape, ...) written as its escape.
+
+    Names that come from the file system are shown through it, so a file name cannot inject a line
+    into a log. A printable name is returned unchanged.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -109,6 +145,40 @@ class RunFiles:
     def results(self) -> tuple[Path, ...]:
         """What a run writes as it trains (besides its config and checkpoint): a folder holding any is a run's."""
         return (self.rounds, self.metrics, self.masks_dir, self.weights_dir)
+
+    @property
+    def entries(self) -> tuple[Path, ...]:
+        """Every fixed name the run opens or writes in its folder."""
+        return (self.config, self.checkpoint, self.rounds, self.metrics, self.log, self.lock, self.provenance,
+                self.masks_dir, self.weights_dir)  # fmt: skip
+
+    def links(self) -> list[Path]:
+        """The entries that are symbolic links (a run never follows one out of its folder)."""
+        return [p for p in self.entries if p.is_symlink()]
+
+    def leftover_temporaries(self) -> list[Path]:
+        """The temporary files the run's own interrupted atomic writes left (regular files only, not below).
+
+        Only names :func:`temp_name` made for a file the run writes: its config, checkpoint, rounds,
+        metrics and provenance in the folder, ``round_*.pt`` in ``masks/`` and ``weights/``.
+        """
+        found = []
+        for folder, own in ((self.run_dir, _RUN_WRITTEN), (self.masks_dir, None), (self.weights_dir, None)):
+            try:
+                names = os.listdir(folder) if not folder.is_symlink() else []
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                target = temp_target(name)
+                if target is None or not (target in own if own else _ROUND_FILE.fullmatch(target)):
+                    continue
+                path = folder / name
+                try:
+                    if stat.S_ISREG(path.lstat().st_mode):
+                        found.append(path)
+                except FileNotFoundError:
+                    continue
+        return sorted(found)
 
 
 @dataclass(frozen=True)

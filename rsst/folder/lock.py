@@ -4,6 +4,8 @@
 ``kill -9`` leaves no stale lock) and which NFS (through its lock manager, or natively in v4),
 Lustre (mounted with ``-o flock``) and GPFS honour across the nodes of a cluster. The file's
 text names the holder (host, pid, start time) so a second process can say who has the folder.
+It is opened without following a symbolic link (``O_NOFOLLOW``) and only as a regular file, so a
+``.lock`` linked to a file outside the folder is refused, never truncated.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from rsst.errors import RsstError
-from rsst.folder.atomic import io_error
+from rsst.folder.atomic import RunIOError, io_error, open_no_follow
 from rsst.folder.layout import RunFiles
 
 
@@ -36,10 +38,7 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise io_error("lock the run folder through", self.path, exc) from exc
+        fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, "lock the run folder through", 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -57,6 +56,28 @@ class RunLock:
             os.close(fd)
             raise io_error("write", self.path, exc) from exc
         self.fd = fd
+
+    def check_free(self) -> None:
+        """Raise :class:`RunLockedError` if a live process holds the folder; create, write and keep nothing.
+
+        The run asks this before it judges a folder, so that a folder in use says so first.
+        """
+        try:
+            fd = open_no_follow(self.path, os.O_RDWR, "lock the run folder through")
+        except RunIOError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # no lock file (or no folder): nobody holds it
+                return
+            raise
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                msg = f"{self.run_dir} is in use by another run ({holder}); wait for it, or stop it"
+                raise RunLockedError(msg) from None
+            raise io_error("lock", self.path, exc) from exc
+        finally:
+            os.close(fd)  # the probe's lock goes with it
 
     def release(self) -> None:
         if self.fd is not None:

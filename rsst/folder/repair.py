@@ -5,6 +5,11 @@ rebuilt from it are rewritten: ``rounds.json``, ``metrics.csv``, ``config.yaml``
 ``masks/round_<r>.pt``; the last finished round's ``weights/round_<r>.pt`` when the run stands at a
 round boundary; leftover temporary files of interrupted atomic writes are removed. What cannot be
 rebuilt is named in a warning (and ``rsst.export`` / ``rsst.report`` refuse it where they need it).
+
+Decide first, touch after: :func:`judge` says, reading only, whether a folder is this run's (absent,
+this config's checkpoint, or nothing of another run) before the run creates, removes or rewrites
+anything in it; a refused folder is left byte for byte as it was. The leftover sweep removes only
+the names the project's own atomic writes make (:meth:`rsst.folder.layout.RunFiles.leftover_temporaries`).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from rsst.folder.atomic import atomic_torch_save, atomic_write_json, atomic_write_text, leftover_temporaries
-from rsst.folder.layout import CONFIG, RunFiles
+from rsst.folder.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from rsst.folder.checkpoint import CheckpointError, load_checkpoint, read_identity
+from rsst.folder.layout import CONFIG, RunFiles, printable
 from rsst.folder.naming import RunFolderError, config_hash
 from rsst.tracking import to_csv
 
@@ -49,14 +55,54 @@ def refuse_foreign(run_dir: Path, our_hash: str) -> None:
         )
 
 
-def remove_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the temporary files interrupted atomic writes left in the run folder; return them."""
+def refuse_links(run_dir: Path) -> None:
+    """Raise :class:`RunFolderError` if ``run_dir`` is not a folder, or if one of its entries is a symbolic link."""
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} is not a folder; choose another paths.run_dir")
+    links = RunFiles(run_dir).links()
+    if links:
+        names = ", ".join(repr(p.name) for p in links)
+        raise RunFolderError(
+            f"{run_dir} holds symbolic links ({names}); a run never writes through a link out of its folder: "
+            "replace each by the file or folder it points to, or choose another paths.run_dir"
+        )
+
+
+def judge(run_dir: Path, our_hash: str, our_config: dict[str, Any] | None = None) -> bool:
+    """Whether ``run_dir`` may be this run's, decided by reading only: True to resume it, False to start in it.
+
+    A folder that does not exist, or holds neither a checkpoint nor another run's files, starts a new
+    run; a checkpoint of this config resumes. Anything else raises (and nothing has been touched):
+    :class:`RunFolderError` for another run's files, a folder that is not one, or an entry that is a
+    symbolic link; :class:`~rsst.folder.checkpoint.CheckpointError` for another config's or an
+    unreadable checkpoint (``our_config``, the hashed config, lets it name the keys that differ).
+    """
     files = RunFiles(run_dir)
-    gone = [p for folder in (run_dir, files.masks_dir, files.weights_dir) for p in leftover_temporaries(folder)]
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return False
+    refuse_links(run_dir)
+    if files.checkpoint.exists():
+        try:
+            if read_identity(files.checkpoint) == our_hash:
+                return True
+        except CheckpointError:
+            pass
+        load_checkpoint(files.checkpoint, our_hash, our_config)  # raises, naming what differs or why unreadable
+        return True
+    refuse_foreign(run_dir, our_hash)
+    return False
+
+
+def remove_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files the run's own interrupted atomic writes left in its folder; return them."""
+    gone = RunFiles(run_dir).leftover_temporaries()
     for p in gone:
         p.unlink(missing_ok=True)
-    if gone:
-        log.info("removed %d leftover temporary file(s): %s", len(gone), ", ".join(str(p) for p in gone))
+    if gone:  # the names are the project's own; printed escaped all the same
+        shown = ", ".join(printable(p) for p in gone)
+        log.info("removed %d leftover temporary file(s): %s", len(gone), shown)
     return gone
 
 

@@ -1,6 +1,8 @@
 """``run(cfg)``: the single run function, and the run as a whole (DESIGN section 4).
 
-Everything is checked and built before the run folder is touched. The folder is then held with an
+Everything is checked and built before the run folder is touched, and the folder is judged to be
+this run's (:func:`rsst.folder.repair.judge`, reading only) before anything in it is created, removed
+or rewritten: a refused folder is left byte for byte as it was. The folder is then held with an
 exclusive lock, repaired from the checkpoint, logged to (``run.log``), described (``provenance.json``)
 and tracked; the rounds (:mod:`rsst.loop.rounds`) and controls (:mod:`rsst.loop.controls`) are trained
 with a save after every epoch, so a rerun of the same config resumes from the last finished epoch and
@@ -23,12 +25,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rsst.config.checks import validate_config
 from rsst.errors import RsstError
 from rsst.folder import provenance
-from rsst.folder.atomic import io_error
+from rsst.folder.atomic import io_error, open_no_follow
 from rsst.folder.checkpoint import load_checkpoint
 from rsst.folder.layout import RunFiles
 from rsst.folder.lock import RunLock
 from rsst.folder.naming import RunFolderError, hashed_config, run_directory
-from rsst.folder.repair import refuse_foreign, remove_temporaries, repair
+from rsst.folder.repair import judge, refuse_links, remove_temporaries, repair
 from rsst.loop.epochs import epoch_seed
 from rsst.loop.preemption import GracefulStop, graceful_stop
 from rsst.loop.rounds import RoundLoop
@@ -104,15 +106,25 @@ def _build(cfg: DictConfig, run_dir: Path, runtime: Runtime) -> tuple[RoundLoop,
 
 
 def _open_folder(loop: RoundLoop, held: ExitStack) -> None:
-    """Rank 0 creates the folder, takes its lock and logs into it; the other ranks log warnings only."""
+    """Rank 0 judges the folder to be this run's, then creates it, takes its lock and logs into it; the other
+    ranks log warnings only.
+
+    The folder is judged before anything is created in it, and again once the lock is held (another
+    config's run may have written it in between).
+    """
     if not loop.writer:
         held.enter_context(_quiet())
         return
+    config = hashed_config(loop.cfg)
+    refuse_links(loop.run_dir)
+    RunLock(loop.run_dir).check_free()  # a folder in use says so first
+    judge(loop.run_dir, loop.hash, config)
     try:
         loop.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise io_error("create the run folder", loop.run_dir, exc) from exc
     held.enter_context(RunLock(loop.run_dir))
+    judge(loop.run_dir, loop.hash, config)
     held.enter_context(_log_to_file(loop.run_dir))
 
 
@@ -121,9 +133,7 @@ def _restore_or_start(loop: RoundLoop, resumed: bool, pretrained: dict[str, torc
     if resumed:
         loop.restore(load_checkpoint(ckpt, loop.hash, hashed_config(loop.cfg)))
         log.info("resuming %s at round %d, epoch %d", loop.run_dir, loop.state.round, loop.state.epoch)
-    else:
-        if loop.writer:
-            refuse_foreign(loop.run_dir, loop.hash)
+    else:  # rank 0 judged the folder (nothing of another run) before it created anything in it
         loop.fresh_start(pretrained)
         log.info("new run in %s", loop.run_dir)
 
@@ -278,13 +288,24 @@ def _quiet() -> Iterator[None]:
         log.setLevel(level)
 
 
+class _RunLogHandler(logging.FileHandler):
+    """A ``FileHandler`` appending to a regular file opened without following a link (``O_NOFOLLOW``)."""
+
+    def _open(self):  # noqa: ANN202  (logging's own signature)
+        fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "write")
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)  # noqa: PTH123, SIM115
+
+
 @contextmanager
 def _log_to_file(run_dir: Path) -> Iterator[None]:
     """Mirror the ``rsst`` logger into ``run.log`` in the run directory while the run lasts."""
+    path = RunFiles(run_dir).log
     try:
-        handler = logging.FileHandler(RunFiles(run_dir).log)
+        handler = _RunLogHandler(path)
+    except RsstError:  # a RunIOError from open_no_follow: a link, or not a regular file
+        raise
     except OSError as exc:
-        raise io_error("write", RunFiles(run_dir).log, exc) from exc
+        raise io_error("write", path, exc) from exc
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)

@@ -1,0 +1,229 @@
+"""Issue 23: nothing outside the run folder is touched, a folder is judged before it is touched, a diverged run
+says so, and Ctrl-C ends with one line.
+
+Every case is built in the real form it was seen in: real symbolic links to a file outside the folder,
+a real user file beside the run's, a real learning rate that diverges, a real SIGINT to a real
+``launch.py``. What is asserted is what is on disk afterwards, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from helpers import FAST, FINISHED_ARGS, compose_config, launch
+
+from rsst import run
+from rsst.commands.export import main as export_main
+from rsst.commands.report import report
+from rsst.folder.atomic import RunIOError, atomic_write_json
+from rsst.folder.layout import RunFiles, printable, temp_name, temp_target
+from rsst.folder.lock import RunLock
+from rsst.folder.naming import RunFolderError
+from rsst.folder.repair import remove_temporaries
+
+OUTSIDE = b"precious bytes that live outside the run folder\n"
+
+
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every entry at or below ``folder`` (links not followed): its kind and link target, or its bytes,
+    inode and modification time, so a rewrite with the same bytes shows too."""
+    out: dict[str, tuple] = {}
+    for here, dirs, names in os.walk(folder, followlinks=False):
+        for name in [*dirs, *names]:
+            p = Path(here) / name
+            st = p.lstat()
+            rel = p.relative_to(folder).as_posix()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", st.st_mode)
+            else:
+                out[rel] = ("file", p.read_bytes(), st.st_ino, st.st_mtime_ns, st.st_mode)
+    return out
+
+
+def outside_file(tmp_path: Path) -> Path:
+    target = tmp_path / "outside" / "victim.txt"
+    target.parent.mkdir()
+    target.write_bytes(OUTSIDE)
+    return target
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+def rerun(run_dir: Path) -> dict:
+    return run(compose_config([*FINISHED_ARGS, f"paths.run_dir={run_dir}"]))
+
+
+# -- the file primitives ------------------------------------------------------------------------------------
+
+
+def test_the_lock_is_never_taken_through_a_link(tmp_path):
+    target = outside_file(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").symlink_to(target)
+    with pytest.raises(RunIOError, match="symbolic link"):
+        RunLock(run_dir).acquire()
+    assert target.read_bytes() == OUTSIDE
+    (run_dir / ".lock").unlink()
+    os.mkfifo(run_dir / ".lock")  # not a regular file: refused, and the open does not wait for a writer
+    with pytest.raises(RunIOError, match="not a regular file"):
+        RunLock(run_dir).acquire()
+
+
+def test_an_atomic_write_replaces_a_link_and_leaves_its_target_alone(tmp_path):
+    target = outside_file(tmp_path)
+    link = tmp_path / "rounds.json"
+    link.symlink_to(target)
+    atomic_write_json(link, [{"round": 0}])
+    assert target.read_bytes() == OUTSIDE
+    assert not link.is_symlink() and json.loads(link.read_text()) == [{"round": 0}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "rounds.json"]  # no temporary left
+
+
+def test_temporary_names_carry_a_mark_no_user_file_has(tmp_path):
+    name = temp_name("checkpoint.pt")
+    assert name.startswith(".checkpoint.pt.rsst-tmp-") and temp_target(name) == "checkpoint.pt"
+    assert temp_name("checkpoint.pt") != name
+    for user in (".data.tmp", ".checkpoint.pt.x.tmp", ".checkpoint.pt.k1ll3d.tmp", "notes.rsst-tmp-1-0123456789abcdef"):
+        assert temp_target(user) is None, user
+    assert temp_target(".a\nb.rsst-tmp-1-0123456789abcdef") is None  # a name with a newline is never one of ours
+
+
+def test_the_leftover_sweep_removes_only_the_runs_own_temporaries(tmp_path, caplog):
+    files = RunFiles(tmp_path)
+    files.masks_dir.mkdir()
+    ours = [tmp_path / temp_name("checkpoint.pt"), files.masks_dir / temp_name("round_1.pt")]
+    theirs = [
+        tmp_path / ".data.tmp",
+        tmp_path / ".checkpoint.pt.k1ll3d.tmp",  # the old pattern: a user may hold such a name
+        tmp_path / temp_name("notes.txt"),  # our mark, but not a file the run writes (a report's, a user's)
+        tmp_path / ".checkpoint.pt.rsst-tmp-1-0123456789abcdef\ninjected line",
+    ]
+    for p in [*ours, *theirs]:
+        p.write_bytes(b"x")
+    linked = tmp_path / temp_name("rounds.json")
+    linked.symlink_to(outside_file(tmp_path))
+    with caplog.at_level("INFO", logger="rsst"):
+        assert sorted(remove_temporaries(tmp_path)) == sorted(ours)
+    assert not any(p.exists() for p in ours) and all(p.read_bytes() == b"x" for p in theirs)
+    assert linked.is_symlink() and linked.read_bytes() == OUTSIDE
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+def test_printable_escapes_what_would_break_a_line_and_keeps_the_rest():
+    assert printable("/runs/imp_digits_résumé") == "/runs/imp_digits_résumé"
+    assert printable("a\nINFO forged line\x1b[2J") == "a\\nINFO forged line\\x1b[2J"
+
+
+# -- real run folders with real links ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", [".lock", "run.log", "rounds.json", "masks", "weights"])
+def test_a_run_folder_with_a_link_is_refused_and_the_outside_is_unchanged(finished_run, tmp_path, entry):
+    run_dir = copy_of(finished_run, tmp_path)
+    outside = tmp_path / "outside"
+    if entry in ("masks", "weights"):  # a folder elsewhere, holding copies of the round files
+        shutil.copytree(run_dir / entry, outside)
+        shutil.rmtree(run_dir / entry)
+        (run_dir / entry).symlink_to(outside, target_is_directory=True)
+    else:
+        target = outside_file(tmp_path)
+        (run_dir / entry).unlink()
+        (run_dir / entry).symlink_to(target)
+    (run_dir / temp_name("checkpoint.pt")).write_bytes(b"a leftover: kept, since the folder is refused")
+    before, outside_before = snapshot(run_dir), snapshot(outside)
+    with pytest.raises(RunFolderError, match=f"symbolic links \\('{entry}'\\)"):
+        rerun(run_dir)
+    assert snapshot(run_dir) == before
+    assert snapshot(outside) == outside_before
+
+
+@pytest.mark.slow
+def test_a_rerun_through_launch_with_a_linked_log_says_one_line_and_touches_nothing(finished_run, tmp_path):
+    run_dir = copy_of(finished_run, tmp_path)
+    target = outside_file(tmp_path)
+    (run_dir / "run.log").unlink()
+    (run_dir / "run.log").symlink_to(target)
+    before = snapshot(run_dir)
+    proc = launch(*FINISHED_ARGS, f"paths.run_dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "symbolic link" in line]
+    assert len(lines) == 1 and str(run_dir) in lines[0], proc.stderr[-2000:]
+    assert target.read_bytes() == OUTSIDE and snapshot(run_dir) == before
+
+
+@pytest.mark.slow
+def test_a_refused_folder_is_left_byte_for_byte_as_it_was(tmp_path):
+    """The issue's case: ``rounds.json`` of ``[]`` and a user's ``.data.tmp``; before, the sweep deleted the
+    user's file and created ``.lock`` and ``run.log`` before refusing the folder."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "rounds.json").write_text("[]\n")
+    (folder / ".data.tmp").write_text("precious\n")
+    (folder / temp_name("checkpoint.pt")).write_bytes(b"even our own names are not ours to remove here")
+    before = snapshot(folder)
+    proc = launch(*FAST, "prune.rounds=1", "train.epochs=1", f"paths.run_dir={folder}")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "leftover" not in proc.stdout + proc.stderr
+    assert f"{folder} holds results (rounds.json)" in proc.stderr.strip().splitlines()[-1]
+    assert snapshot(folder) == before
+
+
+@pytest.mark.slow
+def test_the_rerun_of_a_finished_run_sweeps_its_own_temporaries_only(finished_run, tmp_path):
+    run_dir = copy_of(finished_run, tmp_path)
+    ours = run_dir / temp_name("checkpoint.pt")
+    ours.write_bytes(b"half a checkpoint")
+    user = run_dir / ".data.tmp"
+    user.write_text("precious\n")
+    evil = run_dir / ".checkpoint.pt.rsst-tmp-1-0123456789abcdef\n2099-01-01 INFO injected"
+    evil.write_text("x")
+    rerun(run_dir)
+    assert not ours.exists() and user.read_text() == "precious\n" and evil.exists()
+    log = (run_dir / "run.log").read_text()
+    assert "removed 1 leftover temporary file(s)" in log
+    assert not any(line.startswith("2099-01-01 INFO injected") for line in log.splitlines())
+
+
+def test_the_report_replaces_a_linked_report_png_and_leaves_its_target_alone(finished_run, tmp_path):
+    run_dir = copy_of(finished_run, tmp_path)
+    targets = {}
+    for name in ("report.png", "report.csv", "report.md"):
+        targets[name] = tmp_path / f"victim-{name}"
+        targets[name].write_bytes(OUTSIDE)
+        (run_dir / name).symlink_to(targets[name])
+    report(run_dir)
+    for name, target in targets.items():
+        assert target.read_bytes() == OUTSIDE, name
+        assert not (run_dir / name).is_symlink() and (run_dir / name).stat().st_size > 0
+    assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p.name for p in run_dir.iterdir() if ".rsst-tmp-" in p.name]
+
+
+@pytest.mark.slow
+def test_the_export_replaces_linked_outputs_and_leaves_their_targets_alone(tmp_path):
+    root = tmp_path / "runs"
+    proc = launch(
+        "struct=refill", "criteria=magnitude", "prune.rounds=2", *FAST, "train.epochs=1", f"paths.root={root}"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    files = RunFiles(run_dir)
+    json_target, model_target = outside_file(tmp_path), tmp_path / "outside" / "model-victim.pt"
+    model_target.write_bytes(OUTSIDE)
+    files.export_json(1).symlink_to(json_target)
+    files.export_model(1).symlink_to(model_target)
+    assert export_main([str(run_dir), "--round", "1", "--repeats", "1", "--device", "cpu"]) == 0
+    assert json_target.read_bytes() == OUTSIDE and model_target.read_bytes() == OUTSIDE
+    assert not files.export_json(1).is_symlink() and json.loads(files.export_json(1).read_text())["round"] == 1
+    assert not files.export_model(1).is_symlink() and files.export_model(1).stat().st_size > 0
