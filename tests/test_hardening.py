@@ -8,23 +8,30 @@ a real user file beside the run's, a real learning rate that diverges, a real SI
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
 
 import pytest
-from helpers import FAST, FINISHED_ARGS, compose_config, launch
+import torch
+from helpers import FAST, FINISHED_ARGS, compose_config, launch, read_rounds
+from omegaconf import OmegaConf
 
 from rsst import run
 from rsst.commands.export import main as export_main
 from rsst.commands.report import report
+from rsst.errors import RsstError
 from rsst.folder.atomic import RunIOError, atomic_write_json
 from rsst.folder.layout import RunFiles, printable, temp_name, temp_target
 from rsst.folder.lock import RunLock
 from rsst.folder.naming import RunFolderError
 from rsst.folder.repair import remove_temporaries
+from rsst.loop.divergence import Diverged, check_epoch, non_finite
 
 OUTSIDE = b"precious bytes that live outside the run folder\n"
 
@@ -227,3 +234,107 @@ def test_the_export_replaces_linked_outputs_and_leaves_their_targets_alone(tmp_p
     assert json_target.read_bytes() == OUTSIDE and model_target.read_bytes() == OUTSIDE
     assert not files.export_json(1).is_symlink() and json.loads(files.export_json(1).read_text())["round"] == 1
     assert not files.export_model(1).is_symlink() and files.export_model(1).stat().st_size > 0
+
+
+# -- divergence -------------------------------------------------------------------------------------------
+
+FINITE = {"w": torch.ones(3), "steps": torch.tensor(7)}
+
+
+@pytest.mark.parametrize(
+    ("loss", "state", "amp", "scaled", "found"),
+    [
+        (0.5, FINITE, "off", False, None),
+        (float("nan"), FINITE, "off", False, "the train loss is nan"),
+        (float("inf"), FINITE, "bf16", False, "the train loss is inf"),
+        (0.5, {"w": torch.tensor([1.0, float("nan")]), "b": torch.ones(1)}, "off", False, "1 of 2 tensors"),
+        (float("nan"), FINITE, "fp16", True, None),  # the fp16 scaler skips such steps; finite weights go on
+        (float("nan"), {"w": torch.tensor([float("-inf")])}, "fp16", True, "(first: w)"),
+    ],
+)
+def test_a_non_finite_loss_or_weight_is_divergence_named_in_one_line(loss, state, amp, scaled, found):
+    cfg = OmegaConf.create({"optimizer": {"lr": 10000.0}, "train": {"amp": amp}})
+    if found is None:
+        check_epoch(cfg, 2, None, 4, loss, state, scaled)
+        return
+    with pytest.raises(Diverged) as err:
+        check_epoch(cfg, 2, "reinit" if scaled else None, 4, loss, state, scaled)
+    message = str(err.value)
+    assert "\n" not in message and found in message
+    where = "round 2 reinit control, epoch 5" if scaled else "round 2, epoch 5"
+    assert f"training diverged at {where}: " in message
+    assert "a lower optimizer.lr (it is 10000.0)" in message
+    assert ("train.amp=off" in message) == (amp != "off")
+    assert isinstance(err.value, RsstError)
+
+
+def finite_accuracies(rows: list[dict]) -> bool:
+    return all(isinstance(v, int | float) and math.isfinite(v) for row in rows for k, v in row.items() if "acc" in k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("struct", ["imp", "rsst"])
+def test_a_diverged_run_stops_with_one_line_and_records_nothing_diverged(tmp_path, struct):
+    """``optimizer.lr=1e4``: before, imp exited 0 with NaN weights and 11.67% in rounds.json as an accuracy,
+    and rsst died with a traceback in pruning/refill.py on every rerun."""
+    root = tmp_path / "runs"
+    args = [*FAST, f"struct={struct}", "prune.rounds=2", "optimizer.lr=1e4", f"paths.root={root}"]
+    for attempt in ("first", "rerun"):  # the rerun resumes from the last finite checkpoint and stops the same way
+        proc = launch(*args)
+        assert proc.returncode == 2, attempt + proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
+        lines = [line for line in proc.stderr.splitlines() if "diverged" in line]
+        assert len(lines) == 1, proc.stderr[-2000:]
+        assert lines[0].startswith("training diverged at round 0, epoch 1: the train loss is nan"), lines[0]
+        assert "optimizer.lr" in lines[0] and lines[0] not in proc.stdout
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    rows = read_rounds(run_dir)
+    assert finite_accuracies(rows) and all(row["round"] != 0 for row in rows)
+    assert not RunFiles(run_dir).metrics.exists()  # no epoch was recorded
+    ckpt = torch.load(RunFiles(run_dir).checkpoint, weights_only=True)
+    assert ckpt["epoch_rows"] == [] and not non_finite(ckpt["model"])  # the last finite state
+    log = RunFiles(run_dir).log.read_text()
+    assert log.count(lines[0]) == 2  # an error inside the run's own folder is kept in run.log, once a start
+
+
+@pytest.mark.slow
+def test_a_round_that_diverges_keeps_the_finished_rounds_and_the_last_finite_epoch(tmp_path):
+    """lr 10 after a warmup: round 0 ends (at chance, but finite), round 1 blows up a few epochs in."""
+    root = tmp_path / "runs"
+    args = [
+        *FAST,
+        "train.amp=off",
+        "train.epochs=3",
+        "lr_schedule.warmup_epochs=2",
+        "optimizer.lr=10",
+        "prune.rounds=2",
+    ]
+    proc = launch(*args, f"paths.root={root}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (line,) = [line for line in proc.stderr.splitlines() if "diverged" in line]
+    found = re.match(r"training diverged at round (\d+), epoch (\d+): the train loss is ", line)
+    assert found, line
+    r, e = int(found[1]), int(found[2]) - 1  # the epoch as metrics.csv counts it
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    files = RunFiles(run_dir)
+    rows = read_rounds(run_dir)
+    assert [row["round"] for row in rows] == list(range(r)) and finite_accuracies(rows)
+    with files.metrics.open() as f:
+        epochs = [(int(row["round"]), int(row["epoch"])) for row in csv.DictReader(f)]
+    assert epochs == [(i, j) for i in range(r) for j in range(3)] + [(r, j) for j in range(e)]
+    ckpt = torch.load(files.checkpoint, weights_only=True)
+    assert (ckpt["round"], ckpt["epoch"]) == (r, e) and len(ckpt["epoch_rows"]) == len(epochs)
+    assert not non_finite(ckpt["model"])
+
+
+@pytest.mark.slow
+def test_in_a_sweep_the_diverged_job_fails_alone(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = launch("-m", *FAST, "prune.rounds=1", "train.epochs=1", "optimizer.lr=0.05,1e4", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "1 of 2 jobs failed" in proc.stderr, proc.stderr[-2000:]
+    finished = [p for p in sweep.iterdir() if (p / "rounds.json").is_file() and read_rounds(p)]
+    assert len(finished) == 1 and finite_accuracies(read_rounds(finished[0]))
+    summary = [line for line in proc.stderr.splitlines() if line.startswith("  #")]
+    assert len(summary) == 1 and "optimizer.lr=10000.0: training diverged at round 0, epoch 1" in summary[0]

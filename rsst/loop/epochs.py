@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from rsst.loop.divergence import check_epoch
 from rsst.loop.record import fingerprint
 from rsst.loop.state import RunState
 from rsst.loop.steps import evaluate, evaluate_counts, train_epoch
@@ -101,7 +102,11 @@ class Epochs:
         return {"ticket_val_acc": val, "ticket_test_acc": test, "ticket_mask": fingerprint(final)}
 
     def run(self, state: RunState, optimizer, scheduler, penalty: Penalty | None) -> tuple[dict[str, Any], float]:
-        """Train epoch ``state.epoch`` of the current round or control: its row (not yet recorded) and seconds."""
+        """Train epoch ``state.epoch`` of the current round or control: its row (not yet recorded) and seconds.
+
+        A non-finite loss or weight raises :class:`~rsst.loop.divergence.Diverged` before the epoch is
+        evaluated, so the loop neither saves nor records it.
+        """
         r, e, cfg = state.current_round, state.epoch, self.cfg
         assert state.plan is not None and optimizer is not None and scheduler is not None
         start = time.perf_counter()
@@ -129,6 +134,10 @@ class Epochs:
                 execution=self.execution,
                 global_sizes=self.global_batch_sizes(),
             )
+        # the loss is on the host already; the weights are read once: a diverged epoch goes no further
+        check_epoch(
+            cfg, r, state.branch, e, stats["train_loss"], self.model.state_dict(), self.execution.scaler is not None
+        )
         row = {
             "round": r,
             **({} if state.branch is None else {"branch": state.branch}),
