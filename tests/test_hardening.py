@@ -14,12 +14,16 @@ import math
 import os
 import re
 import shutil
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, FINISHED_ARGS, compose_config, launch, read_rounds
+from helpers import FAST, FINISHED_ARGS, ROOT, compose_config, launch, read_rounds
 from omegaconf import OmegaConf
 
 from rsst import run
@@ -338,3 +342,46 @@ def test_in_a_sweep_the_diverged_job_fails_alone(tmp_path):
     assert len(finished) == 1 and finite_accuracies(read_rounds(finished[0]))
     summary = [line for line in proc.stderr.splitlines() if line.startswith("  #")]
     assert len(summary) == 1 and "optimizer.lr=10000.0: training diverged at round 0, epoch 1" in summary[0]
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_run_with_one_line_and_exit_130_and_the_same_command_resumes(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*FINISHED_ARGS, f"paths.run_dir={run_dir}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(
+        [sys.executable, "launch.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not RunFiles(run_dir).metrics.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)  # the first epoch is saved (and recorded): a checkpoint to resume from exists
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.fullmatch(r"interrupted at round \d, epoch \d; the same command resumes", lines[0]), (
+        err
+    )
+    assert lines[0] in RunFiles(run_dir).log.read_text()
+    assert not list(run_dir.rglob("*.rsst-tmp-*"))
+
+    resumed = launch(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    comparable = [{k: v for k, v in row.items() if k != "seconds"} for row in read_rounds(run_dir)]
+    assert comparable == [{k: v for k, v in row.items() if k != "seconds"} for row in read_rounds(finished_run)]

@@ -7,6 +7,9 @@ exclusive lock, repaired from the checkpoint, logged to (``run.log``), described
 and tracked; the rounds (:mod:`rsst.loop.rounds`) and controls (:mod:`rsst.loop.controls`) are trained
 with a save after every epoch, so a rerun of the same config resumes from the last finished epoch and
 a finished run reports its result without training.
+
+Ctrl-C (``KeyboardInterrupt``) ends a run with one line on stderr, "interrupted at round r, epoch e;
+the same command resumes", and exit status 130: the checkpoint of the last finished epoch is intact.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -40,6 +44,8 @@ from rsst.runtime.environment import Runtime, resolve_runtime
 from rsst.tracking import format_table
 
 log = logging.getLogger("rsst")
+
+INTERRUPTED = 130  # the exit status of a run ended by Ctrl-C (SIGINT), as a shell reports it: 128 + 2
 
 __all__ = ["RoundLoop", "epoch_seed", "resolve_precision", "run"]
 
@@ -86,17 +92,45 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     runtime = resolve_runtime(cfg.device, cfg.train.amp, cfg.train.batch_size)
     cfg, _ = resolve_precision(cfg, runtime)
     run_dir = run_directory(cfg)
-    with dist.process_group(runtime.env):
-        loop, pretrained = together(runtime.env, lambda: _build(cfg, run_dir, runtime))
-        loop.distribute()
-        with ExitStack() as held:
-            together(runtime.env, lambda: _open_folder(loop, held))
-            log.info("precision: %s (%s)", runtime.precision.resolved, runtime.precision.reason)
-            env = runtime.env
-            if env.is_distributed:
-                log.info("%d processes (%s, %s backend); rank 0 on %s", env.world_size, env.launcher, env.backend,
-                         runtime.device)  # fmt: skip
-            return _run(loop, pretrained)
+    loop: RoundLoop | None = None
+    try:
+        with dist.process_group(runtime.env):
+            loop, pretrained = together(runtime.env, lambda: _build(cfg, run_dir, runtime))
+            loop.distribute()
+            with ExitStack() as held:
+                together(runtime.env, lambda: _open_folder(loop, held))
+                log.info("precision: %s (%s)", runtime.precision.resolved, runtime.precision.reason)
+                env = runtime.env
+                if env.is_distributed:
+                    log.info("%d processes (%s, %s backend); rank 0 on %s", env.world_size, env.launcher,
+                             env.backend, runtime.device)  # fmt: skip
+                try:
+                    return _run(loop, pretrained)
+                except KeyboardInterrupt:
+                    _to_run_log(interrupted(loop))  # while run.log is still attached
+                    raise
+    except KeyboardInterrupt:
+        if runtime.writer:  # one line, not a traceback; the other ranks of a multi-process run stop quietly
+            sys.stderr.write(interrupted(loop) + "\n")
+            sys.stderr.flush()
+        raise SystemExit(INTERRUPTED) from None
+
+
+def interrupted(loop: RoundLoop | None) -> str:
+    """The line Ctrl-C ends a run with: where it was, and that the same command resumes from the last save."""
+    if loop is None:
+        return "interrupted before training started; the same command starts the run"
+    state, epochs = loop.state, loop.cfg.train.epochs
+    branch = f" {state.branch} control" if state.branch else ""
+    epoch = min(state.epoch + 1, epochs)  # the epoch in progress, counted from 1 as the progress bar does
+    return f"interrupted at round {state.current_round}{branch}, epoch {epoch}; the same command resumes"
+
+
+def _to_run_log(line: str) -> None:
+    """``line`` into the ``rsst`` logger's own handlers (``run.log``), not to the console."""
+    record = log.makeRecord(log.name, logging.WARNING, __file__, 0, "%s", (line,), None)
+    for handler in log.handlers:
+        handler.handle(record)
 
 
 def _build(cfg: DictConfig, run_dir: Path, runtime: Runtime) -> tuple[RoundLoop, dict[str, torch.Tensor] | None]:
