@@ -385,3 +385,40 @@ def test_ctrl_c_ends_the_run_with_one_line_and_exit_130_and_the_same_command_res
     assert "resuming" in resumed.stdout
     comparable = [{k: v for k, v in row.items() if k != "seconds"} for row in read_rounds(run_dir)]
     assert comparable == [{k: v for k, v in row.items() if k != "seconds"} for row in read_rounds(finished_run)]
+
+
+# -- one line instead of a traceback, for the received files the loop and the report read --------------------
+
+
+def test_a_provenance_record_replaced_by_another_json_value_is_begun_anew(tmp_path):
+    from rsst.folder import provenance
+
+    files = RunFiles(tmp_path)
+    files.provenance.write_text("[1, 2]\n")
+    provenance.record_start(tmp_path, torch.device("cpu"), resumed=True)
+    record = json.loads(files.provenance.read_text())
+    assert isinstance(record, dict) and len(record["starts"]) == 1
+
+
+def test_a_rounds_json_nested_too_deeply_is_skipped_not_a_recursion_error(tmp_path):
+    from rsst.commands.report import Skip
+    from rsst.commands.report import read_rounds as report_rounds
+
+    path = tmp_path / "rounds.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(Skip, match="nested too deeply"):
+        report_rounds(path)
+
+
+@pytest.mark.slow
+def test_a_one_shot_runs_unreadable_dense_weights_are_one_line_not_a_traceback(tmp_path):
+    root = tmp_path / "runs"
+    args = [*FAST, "struct=omp", "prune.rounds=3", "train.amp=off", f"paths.root={root}"]
+    killed = launch(*args, env={"RSST_KILL_AT": "epoch_saved:1:ticket:0"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    RunFiles(run_dir).weights(0).write_bytes(os.urandom(4096))
+    proc = launch(*args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"{RunFiles(run_dir).weights(0)}: not a file torch.save wrote") and "round 0" in line, line

@@ -202,6 +202,8 @@ def read_rounds(path: Path) -> list[dict[str, Any]]:
         raise Skip(
             f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}; truncated?)"
         ) from None
+    except RecursionError:
+        raise Skip(f"{path} is nested too deeply to be a list of rounds") from None
     if not isinstance(rows, list):
         raise Skip(f"{path} is not a list of rounds (found a JSON {type(rows).__name__})")
     seen = set()

@@ -90,8 +90,10 @@ def record_start(run_dir: Path, device: torch.device, resumed: bool, extra: dict
     if path.is_file():
         try:
             previous = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             previous = {}
+    if not isinstance(previous, dict):  # a record replaced by another JSON value: this start begins it anew
+        previous = {}
     starts = previous.get("starts") if resumed and isinstance(previous.get("starts"), list) else []
     keys = ("time", "host", "command", "slurm_job_id", "git", "device", "processes")
     starts.append({k: now[k] for k in keys if k in now})

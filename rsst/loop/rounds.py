@@ -21,7 +21,8 @@ from rsst.config.checks import build
 from rsst.folder.atomic import atomic_torch_save
 from rsst.folder.checkpoint import clone_state, save_checkpoint
 from rsst.folder.layout import RunFiles
-from rsst.folder.naming import config_hash, hashed_config
+from rsst.folder.naming import RunFolderError, config_hash, hashed_config
+from rsst.folder.safeload import UnloadableFile, load_tensors
 from rsst.loop import controls
 from rsst.loop.epochs import Epochs, epoch_seed
 from rsst.loop.optim import build_optimizer, build_scheduler
@@ -178,9 +179,18 @@ class RoundLoop:
     def dense_weights(self) -> dict[str, torch.Tensor]:
         """The trained dense network: the state_dict saved at the end of round 0."""
         path = self.files.weights(0)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the trained dense network (round 0) is needed to prune")
-        return torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            blob = load_tensors(path)
+        except FileNotFoundError:
+            raise RunFolderError(
+                f"{path} is missing: the trained dense network (round 0) is needed to prune, and no other file "
+                "holds it; rerun the run into a fresh paths.run_dir"
+            ) from None
+        except UnloadableFile as exc:
+            raise RunFolderError(f"{exc}; it is the trained dense network (round 0), needed to prune") from None
+        if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+            raise RunFolderError(f"{path}: expected the trained dense network's state_dict (named tensors)")
+        return {k: v.to(self.device) for k, v in blob.items()}
 
     def begin_round(self) -> None:
         """Plan round ``state.round`` from the trained weights, rewind, and apply the round's training mask."""
