@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from rsst.config.checks import build  # noqa: E402
+from rsst.config.location import conf_dir  # noqa: E402  (and the schema conf/ names)
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMULAS = {
@@ -34,7 +35,7 @@ FORMULAS = {
 
 def schedule_of(name: str):
     """The schedule a run with ``struct=rsst schedule=NAME`` builds, from the real conf."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["struct=rsst", f"schedule={name}"])
     return build(cfg.struct, "struct").schedule
 

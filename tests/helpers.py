@@ -11,8 +11,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from rsst.config.location import conf_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+assert conf_dir() == CONF  # and the schema conf/ names is in Hydra's ConfigStore
 
 # A small, fast run on the embedded data: a narrow ResNet-20, two epochs a round.
 FAST = ["arch.width=8", "train.epochs=2", "lr_schedule.milestones=[]", "progress=false"]

@@ -12,6 +12,7 @@ The run itself (torch, the loop) is imported when a job starts, so ``--help`` an
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -39,7 +40,7 @@ def report_error(message: str) -> None:
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> dict[str, Any]:
+def task(cfg: DictConfig) -> dict[str, Any]:
     from rsst import run  # noqa: PLC0415  (torch and the loop, only once a job runs)
 
     hc = HydraConfig.get()
@@ -57,6 +58,30 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
             record_failure(hc.sweep.dir, hc.job.num, list(hc.overrides.task), message)
             return {"error": message}
+        sys.exit(2)
+
+
+def main() -> None:
+    """The command: Hydra composes and runs :func:`task`; a config it cannot compose is one line and exit 2.
+
+    Hydra prints its own compose errors over several lines with exit 1, unless ``HYDRA_FULL_ERROR``
+    is set, when it raises them. It is set here so that a wrong type, key or option reaches
+    :func:`rsst.config.checks.compose_error`, which names the key, the value and what is allowed.
+    Anything else keeps its traceback.
+    """
+    from hydra.errors import HydraException  # noqa: PLC0415
+    from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
+
+    from rsst.config.checks import compose_error  # noqa: PLC0415
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        task()
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = compose_error(exc)
+        if message is None:
+            raise
+        report_error(message)
         sys.exit(2)
 
 

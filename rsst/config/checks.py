@@ -1,13 +1,16 @@
-"""Checks of the run's top-level config values, before any data is loaded or any training starts.
+"""The range and cross-key rules of a run's config, applied once, before any data is loaded or any training starts.
 
-Each error names the key, the value and what was expected. Group options validate
-their own arguments in their constructors; ``build`` reports those with the group name.
+Types are the schema's (:mod:`rsst.config.schema`), enforced while Hydra composes. Ranges and choices
+are the schema's too: each field's rule, which :func:`validate_config` walks here, top level and every
+group node whose schema Hydra recorded. Then the rules that tie keys together. Each error names the
+key, the value and what was expected. Group options that need more than a field rule validate their
+own arguments in their constructors; ``build`` reports those with the group name.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,107 +18,69 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rsst.config import schema
 from rsst.errors import ConfigError as ConfigError  # defined there (models raise it too); re-exported here
-from rsst.runtime.execution import COMPILE_MODES
-from rsst.runtime.precision import AMP_CHOICES, off_if_false
 
-REWIND_MODES = ("init", "epoch", "pretrained")
-CONTROLS = ("reinit", "shuffle_layerwise")
+REWIND_MODES = schema.REWIND_MODES
+CONTROLS = schema.CONTROLS
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-Check = tuple[str, Callable[[Any], bool], str]
-
-CHECKS: list[Check] = [
-    ("seed", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    (
-        "device",
-        lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
-        "one of auto, cpu, cuda, cuda:N, mps",
-    ),
-    ("progress", lambda v: isinstance(v, bool), "true or false"),
-    ("prune.rounds", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (round 0 is the dense network)"),
-    ("prune.rate", lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1): the fraction of alive weights removed"),
-    (
-        "prune.density",
-        lambda v: v is None or (_is_num(v) and 0 < v <= 1),
-        "null or a number in (0, 1]: the fraction of prunable weights kept",
-    ),
-    (
-        "prune.rate_fc",
-        lambda v: v is None or (_is_num(v) and 0 < v < 1),
-        "null or a number in (0, 1): the rate of each fully connected layer",
-    ),
-    (
-        "prune.rate_output",
-        lambda v: v is None or (_is_num(v) and 0 < v < 1),
-        "null or a number in (0, 1): the rate of the classifier",
-    ),
-    (
-        "prune.controls",
-        lambda v: isinstance(v, list) and all(c in CONTROLS for c in v) and len(set(v)) == len(v),
-        f"a list of distinct controls from {', '.join(CONTROLS)}, e.g. [reinit,shuffle_layerwise]",
-    ),
-    ("prune.rewind", lambda v: v in REWIND_MODES, f"one of {', '.join(REWIND_MODES)}"),
-    ("prune.rewind_epoch", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    ("prune.include_stem", lambda v: isinstance(v, bool), "true or false"),
-    ("prune.include_fc", lambda v: isinstance(v, bool), "true or false"),
-    ("train.epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("train.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("train.eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("train.amp", lambda v: off_if_false(v) in AMP_CHOICES, f"one of {', '.join(AMP_CHOICES)}"),
-    ("train.channels_last", lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
-    ("train.compile", lambda v: off_if_false(v) in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)}"),
-    ("lr_schedule.warmup_epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    (
-        "lr_schedule.milestones",
-        lambda v: isinstance(v, list) and all(_is_int(m) and m > 0 for m in v) and v == sorted(v),
-        "an ascending list of positive epoch numbers, e.g. [91,136]",
-    ),
-    ("lr_schedule.gamma", lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
-    ("optimizer.lr", lambda v: _is_num(v) and v > 0, "a number > 0"),
-]
-
-# Keys of a group that exist only in some of its options: checked when present.
-OPTIONAL_CHECKS: list[Check] = [
-    ("optimizer.momentum", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("optimizer.weight_decay", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
-    ("optimizer.dampening", lambda v: _is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("optimizer.nesterov", lambda v: isinstance(v, bool), "true or false"),
-    (
-        "optimizer.betas",
-        lambda v: isinstance(v, list) and len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v),
-        "two numbers in [0, 1), e.g. [0.9,0.999]",
-    ),
-    ("optimizer.eps", lambda v: _is_num(v) and v > 0, "a number > 0"),
-    ("arch.width", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (channels of the first stage)"),
-    ("arch.depth", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("arch.growth_rate", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("dataset.train_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("dataset.val_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1 (the best epoch is chosen on it)"),
-    ("dataset.test_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    ("dataset.train_subset", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
-    ("dataset.eval_subset", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
-    ("dataset.num_workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-]
-
-
-def _select(cfg: DictConfig, key: str) -> Any:
-    value = OmegaConf.select(cfg, key, throw_on_missing=False)
-    if value is None and OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
-        raise ConfigError(f"{key} is missing from the config")
+def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def _present(cfg: DictConfig, key: str) -> bool:
-    return OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False) != "__absent__"
+def field_rules(node: DictConfig, prefix: str) -> Iterator[tuple[str, Any, dataclasses.Field]]:
+    """``(dotted key, value, field)`` of every field with a rule in ``node``'s schema, and in its typed children.
+
+    A group node interpolated into another (``struct.criteria: ${criteria}``) is checked where it is defined.
+    """
+    kind = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(kind):
+        return
+    for f in dataclasses.fields(kind):
+        if f.name not in node or OmegaConf.is_interpolation(node, f.name):
+            continue
+        value = node[f.name]
+        key = f"{prefix}{f.name}"
+        if isinstance(value, DictConfig):
+            yield from field_rules(value, f"{key}.")
+        elif f.metadata.get("ok") is not None:
+            yield key, _plain(value), f
+
+
+def unknown_keys(node: DictConfig, prefix: str) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of the keys a typed node has beyond its schema (added with ``+key=value``)."""
+    kind = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(kind):
+        return []
+    names = {f.name for f in dataclasses.fields(kind)}
+    out = []
+    for name in node:
+        key = f"{prefix}{name}"
+        if name not in names:
+            out.append((key, _plain(node._get_node(name)._value())))
+        elif not OmegaConf.is_interpolation(node, name) and isinstance(node[name], DictConfig):
+            out.extend(unknown_keys(node[name], f"{key}."))
+    return out
+
+
+def where_keys(cfg: DictConfig, key: str) -> str:
+    """``<parent> has a, b, c``: the keys the schema gives the node that ``key`` was added to."""
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    kind = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    known = sorted(f.name for f in dataclasses.fields(kind)) if dataclasses.is_dataclass(kind) else []
+    return f"{parent or 'the top level'} has {', '.join(known)}"
+
+
+def expected_for(kind: Any, name: str) -> str | None:
+    """What field ``name`` of schema ``kind`` expects, in words (for a type error Hydra raised while composing)."""
+    if not dataclasses.is_dataclass(kind):
+        return None
+    for f in dataclasses.fields(kind):
+        if f.name == name:
+            return f.metadata.get("expected") or None
+    return None
 
 
 def validate_config(cfg: DictConfig, check_device: bool = True) -> None:
@@ -123,15 +88,16 @@ def validate_config(cfg: DictConfig, check_device: bool = True) -> None:
 
     ``check_device=False`` skips the check that ``device`` exists here (a sweep's launching host).
     """
-    for key, ok, expected in CHECKS:
-        value = _select(cfg, key)
-        if not ok(value):
-            raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
-    for key, ok, expected in OPTIONAL_CHECKS:
-        if _present(cfg, key):
-            value = _select(cfg, key)
-            if not ok(value):
-                raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+    for group in ("dataset", "arch", "struct", "criteria", "schedule", "optimizer", "logger"):
+        if not isinstance(cfg.get(group), DictConfig):
+            raise ConfigError(f"{group} is missing from the config: expected one of the options in conf/{group}")
+    unknown = unknown_keys(cfg, "")
+    if unknown:
+        key, value = unknown[0]
+        raise ConfigError(f"{key}={value!r} is invalid: {key} is not a key of the config ({where_keys(cfg, key)})")
+    for key, value, f in field_rules(cfg, ""):
+        if not f.metadata["ok"](value):
+            raise ConfigError(f"{key}={value!r} is invalid: expected {f.metadata['expected']}")
     opt = cfg.optimizer
     if opt.get("nesterov") and (not opt.get("momentum") or opt.get("dampening", 0)):
         raise ConfigError(
@@ -184,3 +150,63 @@ def build(node: DictConfig, group: str) -> Any:
     except InstantiationException as exc:
         cause = exc.__cause__ or exc
         raise ConfigError(f"{group}: {cause}") from exc
+
+
+def _type_words(kind: Any, name: str) -> str:
+    """A schema field's type in words: ``an integer``, ``true or false``, ``a number``..."""
+    import typing  # noqa: PLC0415
+
+    try:
+        hint = typing.get_type_hints(kind).get(name)
+    except Exception:  # an unresolvable annotation: say nothing rather than guess
+        return "a value of the field's type"
+    nullable = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if nullable else [hint]
+    base = args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007
+    words = {int: "an integer", bool: "true or false", str: "a string", float: "a number", schema.Num: "a number"}
+    if typing.get_origin(base) in (list, typing.List):  # noqa: UP006
+        text = "a list, e.g. [a,b]"
+    else:
+        text = words.get(base, "a value of the field's type")
+    return f"null or {text}" if nullable else text
+
+
+def compose_error(exc: BaseException) -> str | None:
+    """One line for an error Hydra raised while composing (a wrong type, key or option), or None if it is not one.
+
+    The line names the key, the value and what is allowed, like :func:`validate_config`'s.
+    """
+    from hydra.errors import MissingConfigException, OverrideParseException  # noqa: PLC0415
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError  # noqa: PLC0415
+
+    if isinstance(exc, MissingConfigException):
+        group, _, option = (exc.missing_cfg_file or "").rpartition("/")
+        if exc.options and group:
+            return (
+                f"{group}={option!r} is invalid: expected one of {', '.join(exc.options)} (the options in conf/{group})"
+            )
+        return one_line_message(exc)
+    if isinstance(exc, OverrideParseException):
+        return f"the command line does not parse: {one_line_message(exc)}"
+    chain, cause = [], exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for cause in chain:
+        key = getattr(cause, "full_key", None)
+        if not key:
+            continue
+        kind, leaf = getattr(cause, "object_type", None), getattr(cause, "key", None)
+        if isinstance(cause, ValidationError):
+            expected = expected_for(kind, str(leaf)) or _type_words(kind, str(leaf))
+            return f"{key}={cause.value!r} is invalid: expected {expected}"
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+            known = sorted(f.name for f in dataclasses.fields(kind)) if dataclasses.is_dataclass(kind) else []
+            parent = key.rpartition(".")[0]
+            return f"{key} is not a key of the config: {parent or 'the top level'} has {', '.join(known)}"
+    return None
+
+
+def one_line_message(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith(("Config search path", "provider=")))

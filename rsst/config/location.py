@@ -19,6 +19,8 @@ def conf_dir() -> Path:
     A checkout is recognised by its ``pyproject.toml`` beside ``rsst/``, so a stray ``conf/`` folder
     next to an installed package (in ``site-packages``) is never taken for the project's.
     """
+    import rsst.config.schema  # noqa: F401, PLC0415  (conf/ names the schema: whoever composes from it needs it stored)
+
     checkout = PACKAGE.parent
     if (checkout / "pyproject.toml").is_file() and (checkout / "conf" / "config.yaml").is_file():
         return checkout / "conf"

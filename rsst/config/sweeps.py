@@ -16,6 +16,7 @@ Hydra turns a callback's exceptions into warnings, so the callback ends the proc
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -27,7 +28,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from rsst.config.checks import validate_config
+from rsst.config.checks import compose_error, validate_config
+from rsst.errors import RsstError, one_line
 from rsst.folder.atomic import atomic_write_json
 
 log = logging.getLogger("rsst")
@@ -62,30 +64,47 @@ def read_failures(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def job_overrides(config: DictConfig) -> list[list[str]]:
-    """The sweep's jobs as the basic sweeper will expand them (the command line's ``a=1,2 b=x,y``)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # noqa: PLC0415
+def job_overrides(config: DictConfig) -> list[list[str]] | None:
+    """The sweep's jobs as the cartesian product of the command line's ``a=1,2 b=x,y`` (a grid sweep's order).
+
+    Built from Hydra's public override parser, so it holds for any sweeper. ``None`` when a sweep
+    override is not a list of values (``interval(...)``, a sampling sweeper's range): those jobs are
+    only known as they start, and each is checked then.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
 
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    axes = []
+    for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                return None
+            axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            axes.append([f"{key}={override.get_value_element_as_str()}"])
+    return [list(job) for job in itertools.product(*axes)]
 
 
-def invalid_jobs(config: DictConfig) -> list[str]:
-    """``#i overrides: error`` for each job whose config does not compose or validate here.
+def check_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[list[str], list[str]]:
+    """``(jobs that do not compose, jobs that compose but break a rule)``, one ``#i overrides: error`` line each.
 
     The device is not checked: a launching host (a login node) need not have the jobs' GPUs.
     """
     from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
 
     loader = GlobalHydra.instance().config_loader()
-    bad = []
-    for i, overrides in enumerate(job_overrides(config)):
+    broken, invalid = [], []
+    for i, overrides in enumerate(jobs):
         try:
-            validate_config(loader.load_sweep_config(config, overrides), check_device=False)
-        except Exception as exc:  # a compose error or a ConfigError: either way the job's config is at fault
-            bad.append(f"#{i} {describe(overrides)}: {exc}")
-    return bad
+            job = loader.load_sweep_config(config, overrides)
+        except Exception as exc:  # noqa: BLE001  (a compose error of any kind: the job's config is at fault)
+            broken.append(f"#{i} {describe(overrides)}: {compose_error(exc) or one_line(exc)}")
+            continue
+        try:
+            validate_config(job, check_device=False)
+        except RsstError as exc:
+            invalid.append(f"#{i} {describe(overrides)}: {one_line(exc)}")
+    return broken, invalid
 
 
 class SweepChecks(Callback):
@@ -93,23 +112,30 @@ class SweepChecks(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         shutil.rmtree(Path(config.hydra.sweep.dir) / FAILED_DIR, ignore_errors=True)  # a rerun's fresh start
-        if config.hydra.sweeper.get("_target_", "").endswith("BasicSweeper"):
-            bad = invalid_jobs(config)
-            on_cluster = "slurm" in str(config.hydra.launcher.get("_target_", "")).lower()
-            if bad and on_cluster:
-                stop(
-                    f"{len(bad)} of {len(job_overrides(config))} jobs have an invalid config; nothing was submitted:"
-                    + "".join(f"\n  {line}" for line in bad),
-                    2,
-                )
-            for line in bad:
-                log.warning("invalid job %s (the other jobs still run)", line)
+        jobs = job_overrides(config)
+        if jobs is None:
+            log.warning("this sweep's jobs are chosen as it runs: each is checked when it starts")
+            return
+        broken, invalid = check_jobs(config, jobs)
+        on_cluster = "slurm" in str(config.hydra.launcher.get("_target_", "")).lower()
+        if broken or (invalid and on_cluster):
+            # A job that does not compose would stop any launcher half-way; on Slurm nothing is queued
+            # with a typo in it. Locally, jobs that only break a rule fail alone (below).
+            bad = broken + (invalid if on_cluster else [])
+            stop(
+                f"{len(bad)} of {len(jobs)} jobs have an invalid config; nothing was "
+                + ("submitted:" if on_cluster else "run:")
+                + "".join(f"\n  {line}" for line in bad),
+                2,
+            )
+        for line in invalid:
+            log.warning("invalid job %s (the other jobs still run)", line)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failures = read_failures(config.hydra.sweep.dir)
         if failures:
-            basic = config.hydra.sweeper.get("_target_", "").endswith("BasicSweeper")
-            total = len(job_overrides(config)) if basic else "?"
+            jobs = job_overrides(config)
+            total = len(jobs) if jobs is not None else "?"
             stop(
                 f"{len(failures)} of {total} jobs failed:"
                 + "".join(f"\n  #{f['job']} {describe(f['overrides'])}: {f['error']}" for f in failures),

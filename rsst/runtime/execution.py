@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from rsst.config.schema import COMPILE_MODES as COMPILE_MODES  # the schema owns the choices
 from rsst.runtime.precision import off_if_false, resolve_amp
 
 
@@ -23,9 +24,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} but CUDA is not available here; use device=auto or device=cpu")
     return device
-
-
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 def resolve_channels_last(value: bool | str, device: torch.device) -> bool:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
+from rsst.config.schema import AMP_CHOICES as AMP_CHOICES  # the schema owns the choices
+
 AMP_MODES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
-AMP_CHOICES = ("auto", *AMP_MODES)
+assert ("auto", *AMP_MODES) == AMP_CHOICES, "rsst.config.schema.AMP_CHOICES and AMP_MODES disagree"
 
 
 # Native bf16 units, as PyTorch names them (``torch.cpu.get_capabilities()``) and as /proc/cpuinfo does:
