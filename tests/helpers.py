@@ -29,6 +29,11 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides or []))
 
 
+def option_node(group: str, option: str) -> DictConfig:
+    """The node of ``conf/<group>/<option>.yaml`` as a run composes it (typed by its schema, no defaults list)."""
+    return compose_config([f"{group}={option}"])[group]
+
+
 def launch(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python launch.py ARGS`` from the repository root and capture its output (``env``: extra variables)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}

@@ -27,10 +27,10 @@ QUICK = ["train.epochs=1", "train.batch_size=128"]
             "struct=random struct.mode=diagonal",
             r"struct: mode='diagonal' is invalid: expected one of layerwise, global",
         ),
-        ("struct=synflow struct.iterations=0", r"struct: iterations=0 is invalid: expected an integer >= 1"),
-        ("struct=snip struct.batches=0", r"struct: batches=0 is invalid: expected an integer >= 1"),
-        ("struct=admm struct.update_every=0", r"struct: update_every=0 is invalid: expected an integer >= 1"),
-        ("struct=admm struct.rho=0", r"struct: rho=0 is invalid: expected a number > 0"),
+        ("struct=synflow struct.iterations=0", r"^struct.iterations=0 is invalid: expected an integer >= 1"),
+        ("struct=snip struct.batches=0", r"^struct.batches=0 is invalid: expected an integer >= 1"),
+        ("struct=admm struct.update_every=0", r"^struct.update_every=0 is invalid: expected an integer >= 1"),
+        ("struct=admm struct.rho=0", r"^struct.rho=0 is invalid: expected a finite number > 0"),
     ],
 )
 def test_a_wrong_value_fails_before_training_naming_key_value_and_allowed(fast_cfg, tmp_path, override, message):

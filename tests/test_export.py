@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONF, FAST, ROOT, launch, only_run_dir
+from helpers import CONF, FAST, ROOT, launch, only_run_dir, option_node
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from rsst.commands.export import describe_layers, load_exported, load_round, main, save_exported
@@ -30,7 +29,7 @@ DIMS = {"num_classes": 10, "in_channels": 3, "image_size": 32}
 
 
 def build(arch: str) -> nn.Module:
-    return instantiate(OmegaConf.load(CONF / "arch" / f"{arch}.yaml"))(**DIMS)
+    return instantiate(option_node("arch", arch))(**DIMS)
 
 
 def randomise_bn_(model: nn.Module, gen: torch.Generator) -> None:
@@ -90,7 +89,7 @@ def test_export_computes_the_masked_network_exactly(arch, tmp_path):
     assert count_params(exported) < count_params(model)
     assert count_macs(exported, x.shape) < count_macs(model, x.shape)
     file = tmp_path / "exported.pt"
-    save_exported(exported, OmegaConf.load(CONF / "arch" / f"{arch}.yaml"), DIMS, file)
+    save_exported(exported, option_node("arch", arch), DIMS, file)
     reloaded = load_exported(file)
     with torch.inference_mode():
         diff = (reloaded(x) - got).abs().max().item()

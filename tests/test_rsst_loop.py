@@ -294,8 +294,8 @@ def test_the_defaults_are_the_original_tools():
     [
         ("struct.fillback_rate=1.5", r"struct: fillback_rate=1.5 is invalid: expected a number in \[0, 1\]"),
         ("schedule.period=week", r"struct: schedule.period='week' is invalid: expected one of round, epoch"),
-        ("schedule.exponents=-1", r"struct: schedule.exponents=-1 is invalid: expected a finite number > 0"),
-        ("criteria.batches=0", r"struct: criteria.batches=0 is invalid: expected an integer >= 1"),
+        ("schedule.exponents=-1", r"^schedule.exponents=-1 is invalid: expected a finite number > 0"),
+        ("criteria.batches=0", r"^criteria.batches=0 is invalid: expected an integer >= 1"),
     ],
 )
 def test_a_wrong_value_fails_before_training_naming_key_value_and_allowed(override, message, tmp_path):

@@ -229,7 +229,7 @@ BAD_VALUES = [
     (["device=cuda"], "device='cuda' is not available on this machine: it has cpu"),
     (["device=cuda:7"], "device='cuda:7' is not available on this machine: it has cpu"),
     (["optimizer.momentum=-1"], "optimizer.momentum=-1 is invalid: expected a number in [0, 1)"),
-    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1 is invalid: expected a number >= 0"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1 is invalid: expected a finite number >= 0"),
     (["optimizer.nesterov=true", "optimizer.momentum=0"], "optimizer.nesterov=true is invalid with"),
     (["arch.width=0"], "arch.width=0 is invalid: expected an integer >= 1"),
     (["dataset.val_size=-5"], "dataset.val_size=-5 is invalid: expected an integer >= 1"),

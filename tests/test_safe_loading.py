@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from fake_data import write_cifar
-from helpers import CONF, ROOT, compose_config
+from helpers import CONF, ROOT, compose_config, option_node
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -60,7 +60,7 @@ def _one_line(message: str) -> str:
 
 
 def _arch(name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(CONF / "arch" / f"{name}.yaml"))
+    return OmegaConf.to_container(option_node("arch", name))
 
 
 def _model(name: str, **kwargs):

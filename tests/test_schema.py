@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rsst.config import schema
-from rsst.config.checks import compose_error, validate_config
+from rsst.config.checks import ConfigError, compose_error, validate_config
 from rsst.config.sweeps import job_overrides
 
 GROUPS = ("dataset", "arch", "struct", "criteria", "schedule", "optimizer", "logger")
@@ -90,6 +90,18 @@ def test_a_bare_off_still_means_off_and_a_choice_is_a_plain_string():
     assert cfg.train.amp is False and type(cfg.prune.rewind) is str  # no Enum reaches a checkpoint
 
 
+def test_a_sweep_jobs_config_with_hydras_node_is_checked_like_a_runs():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["prune.rate=0.5"], return_hydra_config=True)
+    assert "hydra" in cfg
+    validate_config(cfg)  # the hydra node is Hydra's, not an unknown key
+    cfg.prune.rate = 1.5
+    with pytest.raises(ConfigError, match=r"prune.rate=1.5 is invalid"):
+        validate_config(cfg)
+
+
 def sweep_config(overrides: list[str]) -> DictConfig:
     return OmegaConf.create({"hydra": {"overrides": {"task": overrides}}})
 
@@ -111,3 +123,14 @@ def test_a_sweep_with_a_job_that_does_not_compose_runs_nothing(tmp_path):
     assert "#1 train.epochs=abc" in proc.stderr
     assert "train.epochs='abc' is invalid: expected an integer >= 1" in proc.stderr
     assert not list((tmp_path / "sweep").glob("*/checkpoint.pt"))
+
+
+def test_the_readmes_table_of_groups_lists_exactly_the_options_in_conf():
+    import re
+
+    readme = (CONF.parent / "README.md").read_text()
+    for group in (*GROUPS, "experiment"):
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{group}` |")]
+        assert len(rows) == 1, f"README.md has {len(rows)} rows for the {group} group"
+        named = {t for t in re.findall(r"`([^`]+)`", rows[0].split("|")[2]) if not re.search(r"[.=/ ]", t)}
+        assert named == set(options(group)), f"README's {group} row: {sorted(named)} against conf/{group}"

@@ -111,8 +111,9 @@ def start_requeued_job_now(job: str, env: dict, proc: subprocess.Popen, timeout:
     raise AssertionError(f"job {job} was not requeued within {timeout}s")
 
 
-# 15 epochs; hit after 4. Width 16 (not FAST's 8): the 11 epochs left must outlast the requeue on a fast CPU
-PREEMPT_ARGS = ["struct=imp", "prune.rounds=5", "train.epochs=3", "seed=3", "arch.width=16"]
+# 15 epochs; hit after 4. Width 32 (not FAST's 8): the 11 epochs left must outlast the requeue on a fast CPU
+# (submitit bypasses the SIGTERM of a requeue; the kill comes KillWait = 2 s later), about 10 s here
+PREEMPT_ARGS = ["struct=imp", "prune.rounds=5", "train.epochs=3", "seed=3", "arch.width=32"]
 
 
 @pytest.fixture(scope="module")

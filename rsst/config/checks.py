@@ -57,6 +57,8 @@ def unknown_keys(node: DictConfig, prefix: str) -> list[tuple[str, Any]]:
     out = []
     for name in node:
         key = f"{prefix}{name}"
+        if name == "hydra" and not prefix:  # Hydra's own node, in a sweep job's config before the job starts
+            continue
         if name not in names:
             out.append((key, _plain(node._get_node(name)._value())))
         elif not OmegaConf.is_interpolation(node, name) and isinstance(node[name], DictConfig):

@@ -302,7 +302,7 @@ class ADMM(Target):
 
 @dataclass
 class Schedule(Target):
-    reg_granularity_prune: Num = positive()
+    reg_granularity_prune: Num = at_least_zero()  # g = 0: the control without a penalty
     period: str = MISSING  # round: T = the steps of the round | epoch: T = the steps of an epoch
 
 
