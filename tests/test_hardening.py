@@ -16,14 +16,11 @@ import re
 import shutil
 import signal
 import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, FINISHED_ARGS, ROOT, compose_config, launch, read_rounds
+from helpers import FAST, FINISHED_ARGS, compose_config, launch, read_rounds
 from omegaconf import OmegaConf
 
 from rsst import run
@@ -351,26 +348,11 @@ def test_in_a_sweep_the_diverged_job_fails_alone(tmp_path):
 def test_ctrl_c_ends_the_run_with_one_line_and_exit_130_and_the_same_command_resumes(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     args = [*FINISHED_ARGS, f"paths.run_dir={run_dir}"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.Popen(
-        [sys.executable, "launch.py", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while not RunFiles(run_dir).metrics.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)  # the first epoch is saved (and recorded): a checkpoint to resume from exists
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # A real SIGINT, sent by the process to itself once round 1's first epoch is saved (a kill point), so the
+    # interrupt lands mid-run however fast the machine is.
+    env = {"RSST_KILL_AT": "epoch_saved:1:ticket:0", "RSST_KILL_SIGNAL": "INT"}
+    proc = launch(*args, env=env, timeout=120)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
     assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, err[-2000:]
     lines = [line for line in err.splitlines() if line.strip()]

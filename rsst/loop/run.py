@@ -306,9 +306,10 @@ def kill_point(name: str) -> None:
 
     ``round_saved:<r>``: after round ``r``'s checkpoint is saved, before ``rounds.json`` is written;
     ``epoch_saved:<r>:<branch>:<e>``: after epoch ``e`` of round ``r`` (``ticket`` or a control) is saved.
+    ``RSST_KILL_SIGNAL=INT`` (or another name) sends that signal instead: a Ctrl-C at a known point.
     """
     if os.environ.get("RSST_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, f"SIG{os.environ.get('RSST_KILL_SIGNAL', 'KILL')}"))
 
 
 @contextmanager
