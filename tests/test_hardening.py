@@ -16,11 +16,13 @@ import re
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, FINISHED_ARGS, compose_config, launch, read_rounds
+from helpers import FAST, FINISHED_ARGS, ROOT, compose_config, launch, read_rounds
 from omegaconf import OmegaConf
 
 from rsst import run
@@ -350,8 +352,18 @@ def test_ctrl_c_ends_the_run_with_one_line_and_exit_130_and_the_same_command_res
     args = [*FINISHED_ARGS, f"paths.run_dir={run_dir}"]
     # A real SIGINT, sent by the process to itself once round 1's first epoch is saved (a kill point), so the
     # interrupt lands mid-run however fast the machine is.
-    env = {"RSST_KILL_AT": "epoch_saved:1:ticket:0", "RSST_KILL_SIGNAL": "INT"}
-    proc = launch(*args, env=env, timeout=120)
+    # SIGINT restored to its default first: a shell starts background jobs with it ignored, and Python then
+    # never turns it into KeyboardInterrupt (a terminal's Ctrl-C reaches a foreground run with the default).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RSST_KILL_AT": "epoch_saved:1:ticket:0", "RSST_KILL_SIGNAL": "INT"}
+    proc = subprocess.run(
+        [sys.executable, "launch.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
     assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, err[-2000:]
