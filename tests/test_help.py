@@ -32,6 +32,7 @@ def test_help_gives_every_config_group_a_one_line_meaning_and_lists_its_options(
         assert meaning, f"group {group!r} has no one-line meaning in --help"
         options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
         assert f"{group}: {', '.join(options)}" in groups, f"the options of {group!r} are not listed"
+    assert "schema/" not in groups  # the typed schema's ConfigStore entries are types, not options to choose
 
 
 def test_help_names_every_launcher_the_outputs_and_the_companion_commands(help_text):

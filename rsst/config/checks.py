@@ -21,9 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 from rsst.config import schema
 from rsst.errors import ConfigError as ConfigError  # defined there (models raise it too); re-exported here
 
-REWIND_MODES = schema.REWIND_MODES
-CONTROLS = schema.CONTROLS
-
 
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
