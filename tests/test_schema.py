@@ -123,14 +123,3 @@ def test_a_sweep_with_a_job_that_does_not_compose_runs_nothing(tmp_path):
     assert "#1 train.epochs=abc" in proc.stderr
     assert "train.epochs='abc' is invalid: expected an integer >= 1" in proc.stderr
     assert not list((tmp_path / "sweep").glob("*/checkpoint.pt"))
-
-
-def test_the_readmes_table_of_groups_lists_exactly_the_options_in_conf():
-    import re
-
-    readme = (CONF.parent / "README.md").read_text()
-    for group in (*GROUPS, "experiment"):
-        rows = [line for line in readme.splitlines() if line.startswith(f"| `{group}` |")]
-        assert len(rows) == 1, f"README.md has {len(rows)} rows for the {group} group"
-        named = {t for t in re.findall(r"`([^`]+)`", rows[0].split("|")[2]) if not re.search(r"[.=/ ]", t)}
-        assert named == set(options(group)), f"README's {group} row: {sorted(named)} against conf/{group}"
