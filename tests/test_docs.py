@@ -330,7 +330,6 @@ def test_every_python_name_a_page_gives_imports():
                         break
                     except ModuleNotFoundError:
                         module, _, attr = module.rpartition(".")
-                assert attr is None or hasattr(obj, attr) or token.startswith(f"{module}.{attr}"), token
                 if attr is not None:
                     assert hasattr(obj, attr), f"{rel(page)} names `{token}`: {module} has no {attr}"
                 count += 1
