@@ -1,4 +1,4 @@
-"""Channel criteria (DESIGN section 4) on hand-built nets whose answers are known in closed form."""
+"""Channel criteria (docs/algorithms.md, section 3) on hand-built nets whose answers are known in closed form."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Refill (DESIGN section 4): whole output channels, exactly n of them, top-n by score, no aliasing."""
+"""Refill (docs/algorithms.md, section 2): whole output channels, exactly n of them, top-n by score, no aliasing."""
 
 from __future__ import annotations
 

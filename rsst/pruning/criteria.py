@@ -1,4 +1,4 @@
-"""Per-output-channel scores for refill: the ``criteria`` config group (DESIGN section 4).
+"""Per-output-channel scores for refill: the ``criteria`` config group (docs/algorithms.md, section 3).
 
 Every criterion scores the network that refill is about to cut: the trained
 weights of the previous round with the unstructured mask ``M_r`` applied. The

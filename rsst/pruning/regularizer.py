@@ -1,4 +1,4 @@
-"""The RSST penalty and its lambda schedules: the ``schedule`` config group (DESIGN section 4).
+"""The RSST penalty and its lambda schedules: the ``schedule`` config group (docs/algorithms.md, section 4).
 
 Between ``loss.backward()`` and ``optimizer.step()`` the penalty adds
 ``lambda(t) * w`` to the gradient of every weight in ``P_r = M_r & ~R_r`` (with
