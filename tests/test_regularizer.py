@@ -1,4 +1,4 @@
-"""The RSST penalty and its lambda schedules (docs/algorithms.md, section 4), checked against the formulas written out."""
+"""The RSST penalty and its lambda schedules (docs/algorithms.md, section 4), checked against the formulas."""
 
 from __future__ import annotations
 

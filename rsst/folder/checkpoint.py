@@ -9,6 +9,7 @@ import torch
 
 from rsst.errors import RsstError
 from rsst.folder.atomic import atomic_torch_save
+from rsst.folder.safeload import UnloadableFile, load_tensors
 
 FORMAT_VERSION = 1
 
@@ -42,14 +43,14 @@ def load_checkpoint(path: str | Path, config_hash: str, config: dict[str, Any] |
     """
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} is missing") from None
-    except Exception as exc:  # any unpickling failure means the file cannot be trusted
+    except UnloadableFile as exc:  # any unpickling failure means the file cannot be trusted
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); "
+            f"checkpoint {path} is unreadable ({str(exc).removeprefix(f'{path}: ')}); "
             "move it away to start this run over, or restore it from a backup"
-        ) from exc
+        ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         found = state.get("format_version") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"checkpoint {path} has format {found!r}, expected {FORMAT_VERSION}")
@@ -71,11 +72,11 @@ def read_identity(path: str | Path) -> str:
     """The config hash a checkpoint records (read without unpickling code, memory-mapped)."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = load_tensors(path, mmap=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} is missing: the run's identity cannot be checked") from None
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    except UnloadableFile as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({str(exc).removeprefix(f'{path}: ')})") from None
     if not isinstance(state, dict) or not isinstance(state.get("config_hash"), str):
         raise CheckpointError(f"checkpoint {path} records no config hash")
     return state["config_hash"]

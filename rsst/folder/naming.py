@@ -101,19 +101,20 @@ def read_verified_config(run_dir: str | Path) -> dict[str, Any]:
     ``config.yaml`` that no longer hashes to it was edited (or belongs to another run) and is refused,
     so that reports group and exports build exactly what was trained.
     """
-    import yaml  # noqa: PLC0415  (PyYAML comes with omegaconf)
-
     from rsst.folder.checkpoint import CheckpointError, read_identity  # noqa: PLC0415
     from rsst.folder.layout import RunFiles  # noqa: PLC0415
+    from rsst.folder.safeload import UnreadableYaml, load_yaml  # noqa: PLC0415
 
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
     cfg_file = files.config
     try:
-        data = yaml.safe_load(cfg_file.read_text())
+        data = load_yaml(cfg_file)
     except FileNotFoundError:
         raise RunFolderError(f"{cfg_file} is missing: {run_dir} is not a run folder") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except UnreadableYaml as exc:
+        raise RunFolderError(f"{cfg_file} is unreadable: {str(exc).removeprefix(f'{cfg_file}: ')}") from None
+    except OSError as exc:
         raise RunFolderError(f"{cfg_file} is unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise RunFolderError(f"{cfg_file} is not a config (found {type(data).__name__})")

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from omegaconf import OmegaConf
 
 from rsst.folder.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from rsst.folder.checkpoint import CheckpointError, load_checkpoint, read_identity
 from rsst.folder.layout import CONFIG, RunFiles, printable
 from rsst.folder.naming import RunFolderError, config_hash
+from rsst.folder.safeload import load_tensors, load_yaml
 from rsst.tracking import to_csv
 
 log = logging.getLogger("rsst")
@@ -39,7 +39,7 @@ def refuse_foreign(run_dir: Path, our_hash: str) -> None:
     theirs = None
     if cfg_file.is_file():
         try:
-            theirs = config_hash(OmegaConf.create(yaml.safe_load(cfg_file.read_text())))
+            theirs = config_hash(OmegaConf.create(load_yaml(cfg_file)))
         except Exception:  # an unreadable config.yaml: judge the folder by its other files
             theirs = "unreadable"
     results = [path.name for path in files.results if path.exists()]
@@ -108,7 +108,7 @@ def remove_temporaries(run_dir: Path) -> list[Path]:
 
 def _masks_differ(path: Path, masks: Mapping[str, torch.Tensor]) -> bool:
     try:
-        on_disk = torch.load(path, map_location="cpu", weights_only=True)
+        on_disk = load_tensors(path)
     except Exception:
         return True
     return (

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from rsst.folder.atomic import atomic_torch_save
+from rsst.folder.safeload import UnloadableFile, load_tensors
 
 
 class Masks(dict[str, Tensor]):
@@ -64,8 +65,10 @@ class Masks(dict[str, Tensor]):
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Masks:
-        data = torch.load(path, map_location=device, weights_only=True)
-        return cls({n: m.to(torch.float32) for n, m in data.items()})
+        data = load_tensors(path)
+        if not isinstance(data, dict) or not all(isinstance(m, Tensor) for m in data.values()):
+            raise UnloadableFile(f"{path}: not a mapping of weight names to mask tensors")
+        return cls({n: m.to(device=device, dtype=torch.float32) for n, m in data.items()})
 
     def validate(self, weights: Mapping[str, Tensor]) -> None:
         """Raise if the masks do not cover exactly ``weights`` with 0/1 tensors of the same shapes."""

@@ -1,4 +1,4 @@
-"""Refill: turn an unstructured conv mask into a channel mask, keeping whole output filters (docs/algorithms.md, section 2).
+"""Refill: an unstructured conv mask made a channel mask, keeping whole output filters (docs/algorithms.md, section 2).
 
 Per prunable layer with mask ``M`` of shape ``[C_out, ...]`` and density
 ``d = M.sum() / M.numel()``, keep exactly
