@@ -44,3 +44,22 @@ def test_run_name_is_readable_and_ends_with_the_hash():
     cfg = compose_config(["struct=imp", "seed=2"])
     assert run_name(cfg) == f"imp_digits_resnet20_s2_{config_hash(cfg)}"
     assert run_directory(compose_config(["paths.run_dir=/x/y"])).as_posix() == "/x/y"
+
+
+def test_a_root_or_run_dir_the_file_system_cannot_name_is_one_line_naming_the_key(tmp_path):
+    import pytest  # noqa: PLC0415
+
+    from rsst.folder.naming import RunFolderError  # noqa: PLC0415
+
+    cases = {
+        f"paths.root={tmp_path / ('r' * 10_000)}": r"paths.root: .* has a name of 10000 bytes, more than the 255",
+        f"paths.root={tmp_path / '/'.join(['d' * 200] * 25)}": r"paths.root: .* is a path of \d{4} bytes, more than",
+        f"paths.run_dir={tmp_path / ('x' * 300)}": r"paths.run_dir: .* has a name of 300 bytes",
+    }
+    for override, says in cases.items():
+        with pytest.raises(RunFolderError, match=says) as err:
+            run_directory(compose_config([override]))
+        assert "\n" not in str(err.value) and len(str(err.value)) < 300
+    assert list(tmp_path.iterdir()) == []  # decided before anything is made
+    ok = tmp_path / ("y" * 255)
+    assert run_directory(compose_config([f"paths.run_dir={ok}"])) == ok

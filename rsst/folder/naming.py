@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,31 @@ def run_name(cfg: DictConfig) -> str:
     return "_".join([*parts, f"s{safe_part(str(cfg.seed))}", config_hash(cfg)])
 
 
+def _limit(name: str, fallback: int) -> int:
+    try:
+        return int(os.pathconf("/", name))
+    except (OSError, ValueError):
+        return fallback
+
+
+def check_length(path: Path, key: str) -> Path:
+    """``path`` if the file system can name it; else one line naming ``key`` and the limit (before any mkdir)."""
+    name_max, path_max = _limit("PC_NAME_MAX", 255), _limit("PC_PATH_MAX", 4096)
+    longest = max(path.parts, key=lambda part: len(os.fsencode(part)), default="")
+    if len(os.fsencode(longest)) > name_max:
+        raise RunFolderError(
+            f"{key}: the run folder {str(path)[:60]!r}... has a name of {len(os.fsencode(longest))} bytes, "
+            f"more than the {name_max} a file name may have; choose a shorter {key}"
+        )
+    full = len(os.fsencode(str(path.absolute())))
+    if full >= path_max:
+        raise RunFolderError(
+            f"{key}: the run folder {str(path)[:60]!r}... is a path of {full} bytes, more than the {path_max - 1} "
+            f"a path may have; choose a shorter {key}"
+        )
+    return path
+
+
 def run_directory(cfg: DictConfig) -> Path:
     """``paths.run_dir`` when given, else ``paths.root / run_name(cfg)`` (root defaults to ``runs``).
 
@@ -82,9 +108,9 @@ def run_directory(cfg: DictConfig) -> Path:
     """
     paths = cfg.get("paths") or {}
     if paths.get("run_dir"):
-        return Path(paths.run_dir)
+        return check_length(Path(paths.run_dir), "paths.run_dir")
     root = Path(paths.get("root") or "runs")
-    run_dir = root / run_name(cfg)
+    run_dir = check_length(root / run_name(cfg), "paths.root")
     if run_dir.resolve().parent != root.resolve():
         raise RunFolderError(f"run folder {run_dir} would lie outside paths.root={str(root)!r}")
     return run_dir
