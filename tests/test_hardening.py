@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from rsst import run
 from rsst.commands.export import main as export_main
-from rsst.commands.report import report
+from rsst.commands.report import find_runs, group_runs, report
 from rsst.errors import RsstError
 from rsst.folder.atomic import RunIOError, atomic_write_json
 from rsst.folder.layout import RunFiles, printable, temp_name, temp_target
@@ -298,6 +298,10 @@ def test_a_diverged_run_stops_with_one_line_and_records_nothing_diverged(tmp_pat
     assert ckpt["epoch_rows"] == [] and not non_finite(ckpt["model"])  # the last finite state
     log = RunFiles(run_dir).log.read_text()
     assert log.count(lines[0]) == 2  # an error inside the run's own folder is kept in run.log, once a start
+    recorded = json.loads(RunFiles(run_dir).diverged.read_text())
+    assert (recorded["round"], recorded["epoch"], recorded["message"]) == (0, 1, lines[0])
+    runs, skipped = find_runs(root)  # the report names it as diverged, not as a run that has not begun
+    assert runs == [] and skipped == [(run_dir, f"{run_dir} diverged at round 0, epoch 1, before any round finished")]
 
 
 @pytest.mark.slow
@@ -328,6 +332,34 @@ def test_a_round_that_diverges_keeps_the_finished_rounds_and_the_last_finite_epo
     ckpt = torch.load(files.checkpoint, weights_only=True)
     assert (ckpt["round"], ckpt["epoch"]) == (r, e) and len(ckpt["epoch_rows"]) == len(epochs)
     assert not non_finite(ckpt["model"])
+    assert json.loads(files.diverged.read_text())["message"] == line
+    runs, skipped = find_runs(root)  # reported up to its last finite round, labelled as diverged
+    if r == 0:  # where the lr blows up depends on the CPU's arithmetic: nothing finished to report
+        assert skipped == [(run_dir, f"{run_dir} diverged at round 0, epoch {e + 1}, before any round finished")]
+    else:
+        (group,) = group_runs(runs)
+        assert group.label.endswith(f"(diverged at round {r}, epoch {e + 1})"), group.label
+        assert [lv["remain_weight"] for lv in group.levels("test_acc")] == [row["remain_weight"] for row in rows]
+
+
+@pytest.mark.slow
+def test_the_report_labels_a_diverged_run_by_where_it_diverged_and_a_finished_rerun_clears_it(finished_run, tmp_path):
+    run_dir = copy_of(finished_run, tmp_path)
+    files = RunFiles(run_dir)
+    rows = read_rounds(run_dir)
+    atomic_write_json(files.rounds, rows[:2])  # rounds 0 and 1 finished, round 2 diverged in its second epoch
+    atomic_write_json(files.diverged, {"round": 2, "branch": None, "epoch": 2, "message": "training diverged"})
+    (group,) = group_runs(find_runs(run_dir)[0])
+    assert group.label == "imp (diverged at round 2, epoch 2)", group.label
+    assert [lv["remain_weight"] for lv in group.levels("test_acc")] == [row["remain_weight"] for row in rows[:2]]
+    files.diverged.write_text("[1, 2]")  # not what a run writes: still diverged, place unknown
+    (group,) = group_runs(find_runs(run_dir)[0])
+    assert group.label == "imp (diverged at an unknown point)", group.label
+    atomic_write_json(files.rounds, rows)
+    rerun(run_dir)  # the checkpoint says finished: the rerun reports, and the stale record goes
+    assert not files.diverged.exists()
+    (group,) = group_runs(find_runs(run_dir)[0])
+    assert group.label == "imp", group.label
 
 
 @pytest.mark.slow

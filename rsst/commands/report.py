@@ -83,6 +83,7 @@ class Run:
     path: Path
     config: dict[str, Any]
     rounds: list[dict[str, Any]]
+    diverged: str | None = None  # where training diverged (``round 2, epoch 3``), from ``diverged.json``
 
     @property
     def seed(self) -> Any:
@@ -136,6 +137,7 @@ class Group:
     label: str = ""
     done: int | None = None  # rounds done, for a group of unfinished runs (None: finished)
     planned: int | None = None
+    diverged: str | None = None  # where the group's runs diverged
 
     @property
     def branches(self) -> list[str]:
@@ -226,6 +228,26 @@ def read_rounds(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_diverged(path: Path) -> str | None:
+    """Where the run diverged (``round 2, epoch 3``) from its ``diverged.json``; None if it has none.
+
+    The file is small and plain; one that is not what the run writes is named in a warning and read as
+    ``diverged at an unknown point``, since only a diverged run writes it.
+    """
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(1 << 16).decode("utf-8"))
+        r, e, branch = data["round"], data["epoch"], data.get("branch")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (r, e)):
+            raise TypeError("round and epoch are not integers")
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        log.warning("%s is not what a diverged run writes (%s)", printable(path), type(exc).__name__)
+        return "an unknown point"
+    return f"round {r}{f' {printable(branch)} control' if isinstance(branch, str) else ''}, epoch {e}"
+
+
 def find_runs(path: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
     """The run folders at or below ``path`` that can be reported, and the skipped ones with why.
 
@@ -250,7 +272,9 @@ def find_runs(path: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
             if not rounds_file.exists():
                 raise Skip(f"{rounds_file} is missing: no round has finished yet")
             rounds = read_rounds(rounds_file)
-            run = Run(folder, config, rounds)
+            run = Run(folder, config, rounds, read_diverged(RunFiles(folder).diverged))
+            if not run.rows(TICKET) and run.diverged is not None:
+                raise Skip(f"{folder} diverged at {run.diverged}, before any round finished")
             if not run.rows(TICKET):
                 raise Skip(f"{rounds_file} holds no ticket round yet (0/{run.planned} rounds)")
         except (RunFolderError, Skip) as exc:
@@ -316,8 +340,9 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     for run in runs:
         flat = {k: v for k, v in flatten(run.config).items() if not ignored(k)}
         key = tuple(sorted(flat.items()))
-        done = None if run.finished else run.done
-        groups.setdefault((key, done), Group(key, done=done, planned=run.planned)).runs.append(run)
+        done = None if run.finished and run.diverged is None else run.done
+        group = Group(key, done=done, planned=run.planned, diverged=run.diverged)
+        groups.setdefault((key, done, run.diverged), group).runs.append(run)
     by_method: dict[str, list[Group]] = {}
     for g in groups.values():
         by_method.setdefault(dict(g.key).get("struct._target_", '"run"'), []).append(g)
@@ -326,6 +351,8 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         keys = [k for k in varying_keys(flats) if k != "struct._target_"]
         for g in members:
             suffix = [] if g.done is None else [f"({g.done}/{g.planned} rounds)"]
+            if g.diverged is not None:
+                suffix = [f"(diverged at {g.diverged})"]
             g.label = " ".join([short(method), *label_parts(keys, dict(g.key)), *suffix])
     return sorted(groups.values(), key=lambda g: g.label)
 
@@ -629,7 +656,14 @@ def report(
     if not runs:
         why = skipped[0][1] if len(skipped) == 1 else f"all {len(skipped)} run folders were skipped (see the warnings)"
         raise ReportError(f"{path}: nothing to report: {why}")
-    unfinished = [r for r in runs if not r.finished]
+    diverged = [r for r in runs if r.diverged is not None]
+    if diverged:
+        log.warning(
+            "%d run(s) diverged and are reported in their own groups, up to the last finite round: %s",
+            len(diverged),
+            ", ".join(f"{printable(r.path.name)} (at {r.diverged})" for r in diverged),
+        )
+    unfinished = [r for r in runs if not r.finished and r.diverged is None]
     if unfinished:
         log.warning(
             "%d unfinished run(s) are reported in their own groups, labelled (rounds done/planned): %s",

@@ -24,6 +24,7 @@ METRICS = "metrics.csv"
 LOG = "run.log"
 LOCK = ".lock"
 PROVENANCE = "provenance.json"
+DIVERGED = "diverged.json"
 WEIGHTS = "weights"
 MASKS = "masks"
 REPORT_CSV, REPORT_MD, REPORT_PNG = "report.csv", "report.md", "report.png"
@@ -110,6 +111,11 @@ class RunFiles:
         return self.run_dir / PROVENANCE
 
     @property
+    def diverged(self) -> Path:
+        """Where and how the run diverged (written when training stops on a non-finite value, removed at the end)."""
+        return self.run_dir / DIVERGED
+
+    @property
     def weights_dir(self) -> Path:
         return self.run_dir / WEIGHTS
 
@@ -150,7 +156,7 @@ class RunFiles:
     def entries(self) -> tuple[Path, ...]:
         """Every fixed name the run opens or writes in its folder."""
         return (self.config, self.checkpoint, self.rounds, self.metrics, self.log, self.lock, self.provenance,
-                self.masks_dir, self.weights_dir)  # fmt: skip
+                self.diverged, self.masks_dir, self.weights_dir)  # fmt: skip
 
     def links(self) -> list[Path]:
         """The entries that are symbolic links (a run never follows one out of its folder)."""

@@ -23,7 +23,17 @@ log = logging.getLogger("rsst")
 
 class Diverged(RsstError, ArithmeticError):
     """Training produced a non-finite loss or weight; the message names the round, the epoch, the value and
-    what to try. ``launch.py`` prints it on one line and exits 2; in a sweep the job fails alone."""
+    what to try. ``launch.py`` prints it on one line and exits 2; in a sweep the job fails alone. The run
+    records it in ``diverged.json`` (:meth:`record`), which ``rsst.report`` shows."""
+
+    def __init__(self, message: str, round_: int | None = None, branch: str | None = None, epoch: int | None = None):
+        super().__init__(message)
+        self.round, self.branch, self.epoch = round_, branch, epoch
+
+    def record(self) -> dict[str, object]:
+        """What ``diverged.json`` holds: the round, the branch (a control, or null), the epoch from 1, the line."""
+        epoch = None if self.epoch is None else self.epoch + 1
+        return {"round": self.round, "branch": self.branch, "epoch": epoch, "message": str(self)}
 
 
 def non_finite(tensors: Mapping[str, Tensor]) -> list[str]:
@@ -74,5 +84,8 @@ def check_epoch(
         hints.append(f"train.amp=off (fp32; it is {amp})")
     raise Diverged(
         f"training diverged at {where(round_, branch, epoch)}: {value}; nothing of this epoch is saved or recorded "
-        f"(the checkpoint keeps the last finite epoch); try {' or '.join(hints)}"
+        f"(the checkpoint keeps the last finite epoch); try {' or '.join(hints)}",
+        round_,
+        branch,
+        epoch,
     )

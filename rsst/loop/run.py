@@ -29,12 +29,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rsst.config.checks import validate_config
 from rsst.errors import RsstError
 from rsst.folder import provenance
-from rsst.folder.atomic import io_error, open_no_follow
+from rsst.folder.atomic import atomic_write_json, io_error, open_no_follow
 from rsst.folder.checkpoint import load_checkpoint
 from rsst.folder.layout import RunFiles
 from rsst.folder.lock import RunLock
 from rsst.folder.naming import RunFolderError, hashed_config, run_directory
 from rsst.folder.repair import judge, refuse_links, remove_temporaries, repair
+from rsst.loop.divergence import Diverged
 from rsst.loop.epochs import epoch_seed
 from rsst.loop.preemption import GracefulStop, graceful_stop
 from rsst.loop.rounds import RoundLoop
@@ -222,8 +223,13 @@ def _run(loop: RoundLoop, pretrained: dict[str, torch.Tensor] | None) -> dict[st
                     _train_control(loop, stop)
                 else:
                     _train_round(loop, stop)
+        except Diverged as exc:  # a result too: recorded for rsst.report, the run stays resumable
+            record = exc.record()
+            loop.write(lambda: atomic_write_json(loop.files.diverged, record))
+            raise
         finally:
             loop.tracker.finish()
+    loop.write(lambda: loop.files.diverged.unlink(missing_ok=True))  # finished: whatever diverged before is gone
     columns = [c for c in ROUND_COLUMNS if any(c in row for row in state.round_rows)]
     log.info("finished %s\n%s", run_dir, format_table(state.round_rows, columns))
     return {"run_dir": str(run_dir), "config_hash": loop.hash, "rounds": state.round_rows}
