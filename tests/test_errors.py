@@ -109,3 +109,18 @@ def test_an_error_inside_the_run_folder_is_on_stderr_and_in_run_log_not_on_stdou
     line = refused.stderr.strip().splitlines()[-1]
     assert "train.amp" in line and line not in refused.stdout
     assert (run_dir / "run.log").read_bytes() == kept_log  # another config's folder is refused untouched (issue 23)
+
+
+def test_a_network_too_large_for_memory_is_one_line_naming_the_width_before_the_folder_exists(tmp_path):
+    from helpers import compose_config  # noqa: PLC0415
+
+    from rsst.loop.rounds import RoundLoop  # noqa: PLC0415
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(ChecksConfigError) as err:
+        RoundLoop(compose_config(["arch.width=100000", f"paths.run_dir={run_dir}"]), run_dir)
+    message = str(err.value)
+    assert message.startswith("arch.width=100000: the network does not fit in memory"), message
+    asked = float(message.split("asks for ")[1].split(" GiB")[0])
+    assert asked == pytest.approx(100_000 * 100_000 * 9 * 4 / 2**30, rel=0.01)  # one 3x3 conv's fp32 weight
+    assert "\n" not in message and not run_dir.exists()

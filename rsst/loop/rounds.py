@@ -9,6 +9,7 @@ on its shard of every batch, and only rank 0 (``writer``) writes files.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from rsst.config.checks import build
+from rsst.config.checks import ConfigError, build
 from rsst.folder.atomic import atomic_torch_save
 from rsst.folder.checkpoint import clone_state, save_checkpoint
 from rsst.folder.layout import RunFiles
@@ -94,8 +95,20 @@ class RoundLoop:
         return RunFiles(self.run_dir)
 
     def new_model(self) -> nn.Module:
+        """The network ``arch`` describes for the data; one line (:class:`ConfigError`) if memory cannot hold it."""
         data = self.data
-        return self.factory(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
+        try:
+            return self.factory(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            asked = re.search(r"allocate ([0-9]+) bytes", str(exc))
+            if not isinstance(exc, torch.OutOfMemoryError) and "allocate memory" not in str(exc):
+                raise
+            keys = ", ".join(f"arch.{k}={v}" for k, v in self.cfg.arch.items() if not str(k).startswith("_"))
+            size = f" (one of its tensors asks for {int(asked[1]) / 2**30:.1f} GiB)" if asked else ""
+            raise ConfigError(
+                f"{keys or 'arch'}: the network does not fit in memory{size}; "
+                "choose a smaller arch.width (or another arch)"
+            ) from None
 
     # -- state ------------------------------------------------------------------------------------
 
