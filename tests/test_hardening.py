@@ -347,19 +347,29 @@ def test_the_report_labels_a_diverged_run_by_where_it_diverged_and_a_finished_re
     run_dir = copy_of(finished_run, tmp_path)
     files = RunFiles(run_dir)
     rows = read_rounds(run_dir)
-    atomic_write_json(files.rounds, rows[:2])  # rounds 0 and 1 finished, round 2 diverged in its second epoch
     atomic_write_json(files.diverged, {"round": 2, "branch": None, "epoch": 2, "message": "training diverged"})
     (group,) = group_runs(find_runs(run_dir)[0])
     assert group.label == "imp (diverged at round 2, epoch 2)", group.label
-    assert [lv["remain_weight"] for lv in group.levels("test_acc")] == [row["remain_weight"] for row in rows[:2]]
+    assert [lv["remain_weight"] for lv in group.levels("test_acc")] == [row["remain_weight"] for row in rows]
     files.diverged.write_text("[1, 2]")  # not what a run writes: still diverged, place unknown
     (group,) = group_runs(find_runs(run_dir)[0])
     assert group.label == "imp (diverged at an unknown point)", group.label
-    atomic_write_json(files.rounds, rows)
     rerun(run_dir)  # the checkpoint says finished: the rerun reports, and the stale record goes
     assert not files.diverged.exists()
     (group,) = group_runs(find_runs(run_dir)[0])
     assert group.label == "imp", group.label
+
+
+@pytest.mark.slow
+def test_the_report_takes_the_checkpoints_rounds_over_an_edited_rounds_json(finished_run, tmp_path, caplog):
+    run_dir = copy_of(finished_run, tmp_path)
+    files = RunFiles(run_dir)
+    truth = read_rounds(run_dir)
+    edited = [{**row, "test_acc": 99.9} for row in truth]
+    atomic_write_json(files.rounds, edited)
+    ((run,), _) = find_runs(run_dir)
+    assert [row["test_acc"] for row in run.rounds] == [row["test_acc"] for row in truth] != [99.9] * len(truth)
+    assert f"{files.rounds} differs from the run's checkpoint: reported from the checkpoint" in caplog.text
 
 
 @pytest.mark.slow

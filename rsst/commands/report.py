@@ -34,6 +34,7 @@ from rsst.errors import RsstError
 from rsst.folder.atomic import RunIOError, atomic_write_bytes, atomic_write_text
 from rsst.folder.layout import CHECKPOINT, CONFIG, ROUNDS, ReportFiles, RunFiles, printable
 from rsst.folder.naming import EXCLUDED_KEYS, RunFolderError, read_verified_config
+from rsst.folder.safeload import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,26 @@ def flatten(node: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: json.dumps(node, sort_keys=True)}
 
 
-def read_rounds(path: Path) -> list[dict[str, Any]]:
-    """``rounds.json`` as a list of rows, each with an integer ``round``; :class:`Skip` says what is wrong."""
+def checkpoint_rounds(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The round rows the run's checkpoint holds (the truth ``rounds.json`` is written from), as JSON has them.
+
+    None when the checkpoint cannot be read or records none; the checkpoint is memory-mapped and read
+    through :func:`rsst.folder.safeload.load_tensors`, so this costs a look, not a load.
+    """
+    try:
+        state = load_tensors(RunFiles(run_dir).checkpoint, mmap=True)
+        rows = state.get("round_rows") if isinstance(state, dict) else None
+        return json.loads(json.dumps(rows)) if isinstance(rows, list) else None
+    except (OSError, RsstError, TypeError, ValueError, RecursionError):
+        return None
+
+
+def read_rounds(path: Path, truth: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """``rounds.json`` as a list of rows, each with an integer ``round``; :class:`Skip` says what is wrong.
+
+    With ``truth`` (the checkpoint's rows), a file that differs from it is named in a warning and the
+    checkpoint's rows are reported instead.
+    """
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -206,6 +225,9 @@ def read_rounds(path: Path) -> list[dict[str, Any]]:
         ) from None
     except RecursionError:
         raise Skip(f"{path} is nested too deeply to be a list of rounds") from None
+    if truth is not None and rows != truth:
+        log.warning("%s differs from the run's checkpoint: reported from the checkpoint (a rerun rewrites it)", path)
+        rows = truth
     if not isinstance(rows, list):
         raise Skip(f"{path} is not a list of rounds (found a JSON {type(rows).__name__})")
     seen = set()
@@ -271,7 +293,7 @@ def find_runs(path: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
             rounds_file = RunFiles(folder).rounds
             if not rounds_file.exists():
                 raise Skip(f"{rounds_file} is missing: no round has finished yet")
-            rounds = read_rounds(rounds_file)
+            rounds = read_rounds(rounds_file, checkpoint_rounds(folder))
             run = Run(folder, config, rounds, read_diverged(RunFiles(folder).diverged))
             if not run.rows(TICKET) and run.diverged is not None:
                 raise Skip(f"{folder} diverged at {run.diverged}, before any round finished")
