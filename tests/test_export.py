@@ -285,3 +285,39 @@ def test_export_cli_on_an_imp_run_explains_there_is_nothing_to_remove(tmp_path):
     assert "macs" not in json.loads((run_dir / "rounds.json").read_text())[1]
     with pytest.raises(KeyError, match="only channel-wise"):
         report(run_dir, tmp_path / "report", x="macs")
+
+
+@pytest.mark.slow
+def test_the_checkpoint_records_the_sha256_of_every_round_file_as_written(refill_run):
+    from rsst.folder.checkpoint import file_sum, recorded_sums  # noqa: PLC0415
+
+    sums = recorded_sums(refill_run / "checkpoint.pt")
+    names = [f"{kind}/round_{r}.pt" for kind in ("masks", "weights") for r in (0, 1)]
+    assert sorted(sums) == sorted(names)
+    assert all(sums[name] == file_sum(refill_run / name) and len(sums[name]) == 64 for name in names)
+
+
+@pytest.mark.slow
+def test_export_refuses_round_files_that_are_not_the_ones_the_run_wrote(refill_run, tmp_path, capsys):
+    run_dir = _copy(refill_run, tmp_path)
+    weights = run_dir / "weights" / "round_1.pt"
+    shutil.copyfile(run_dir / "weights" / "round_0.pt", weights)  # dense weights under the ticket's name
+    err = _refused(capsys, run_dir)
+    assert f"{weights} is not the file the run wrote (sha256 " in err and "replaced or damaged" in err
+    run_dir = _copy(refill_run, tmp_path / "masks")
+    masks = run_dir / "masks" / "round_1.pt"
+    blob = torch.load(masks, weights_only=True)
+    name = next(n for n, m in blob.items() if m.dim() == 4)
+    blob[name] = blob[name][0, 0]  # a [3, 3] entry for a [C_out, C_in, 3, 3] weight, which would broadcast
+    torch.save(blob, masks)
+    err = _refused(capsys, run_dir)
+    assert f"{masks} is not the file the run wrote (sha256 " in err
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_the_sums_still_exports(refill_run, tmp_path):
+    run_dir = _copy(refill_run, tmp_path)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    del ckpt["file_sums"]
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    assert main([str(run_dir), "--round", "1", "--repeats", "1", "--device", "cpu"]) == 0

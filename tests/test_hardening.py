@@ -373,6 +373,30 @@ def test_the_report_takes_the_checkpoints_rounds_over_an_edited_rounds_json(fini
 
 
 @pytest.mark.slow
+def test_a_rerun_rebuilds_a_damaged_last_weights_file_and_names_one_it_cannot(finished_run, tmp_path, caplog):
+    from rsst.folder.checkpoint import file_sum, recorded_sums  # noqa: PLC0415
+
+    run_dir = copy_of(finished_run, tmp_path)
+    files = RunFiles(run_dir)
+    last, earlier = files.weights(2), files.weights(1)
+    good_last = torch.load(last, weights_only=True)
+    last.write_bytes(os.urandom(4096))  # random bytes: before, a rerun checked only that the file existed
+    shutil.copyfile(files.weights(0), earlier)  # another round's weights under round 1's name
+    with caplog.at_level("WARNING", logger="rsst"):
+        rerun(run_dir)
+    text = caplog.text
+    assert f"{last} is not the file the run wrote" in text and "rebuilt from the checkpoint" in text
+    assert f"{earlier} is not the file the run wrote" in text and "does not hold that round's weights" in text
+    rebuilt = torch.load(last, weights_only=True)
+    assert rebuilt.keys() == good_last.keys() and all(torch.equal(rebuilt[k], good_last[k]) for k in rebuilt)
+    assert recorded_sums(files.checkpoint)["weights/round_2.pt"] == file_sum(last)  # the new file's sum
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rsst"):
+        rerun(run_dir)
+    assert f"{last} is not" not in caplog.text and f"{earlier} is not the file the run wrote" in caplog.text
+
+
+@pytest.mark.slow
 def test_in_a_sweep_the_diverged_job_fails_alone(tmp_path):
     sweep = tmp_path / "sweep"
     proc = launch("-m", *FAST, "prune.rounds=1", "train.epochs=1", "optimizer.lr=0.05,1e4", f"hydra.sweep.dir={sweep}")

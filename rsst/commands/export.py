@@ -33,6 +33,7 @@ from rsst.config.checks import build
 from rsst.config.registry import RefusedConfig, checked_node
 from rsst.errors import RsstError
 from rsst.folder.atomic import atomic_torch_save, atomic_write_text
+from rsst.folder.checkpoint import CheckpointError, mismatch, recorded_sums
 from rsst.folder.layout import MASKS, WEIGHTS, RunFiles
 from rsst.folder.naming import read_verified_config
 from rsst.folder.safeload import UnloadableFile, load_tensors
@@ -92,6 +93,12 @@ def _read_round_file(run_dir: Path, kind: str, round_: int) -> dict[str, Tensor]
         ) from None
     except UnloadableFile as exc:
         raise ExportError(f"{exc}; the run must be rerun (into a fresh paths.run_dir) to rebuild it") from None
+    try:
+        wrong = mismatch(run_dir, file, recorded_sums(files.checkpoint))
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from None
+    if wrong is not None:
+        raise ExportError(f"{wrong}: it was replaced or damaged; rerun the same command to rebuild what can be")
     return _tensor_dict(blob, file, f"round {round_}'s {kind}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,42 @@ def read_identity(path: str | Path) -> str:
     if not isinstance(state, dict) or not isinstance(state.get("config_hash"), str):
         raise CheckpointError(f"checkpoint {path} records no config hash")
     return state["config_hash"]
+
+
+def file_sum(path: str | Path) -> str:
+    """The sha256 of ``path``'s bytes, as the checkpoint records it for each round file the run writes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def recorded_sums(path: str | Path) -> dict[str, str]:
+    """The round files' sums the checkpoint at ``path`` records (``{}`` for a checkpoint from before they were).
+
+    Memory-mapped: this reads the record, not the tensors.
+    """
+    try:
+        state = load_tensors(path, mmap=True)
+    except (FileNotFoundError, UnloadableFile) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable or missing ({exc})") from None
+    sums = state.get("file_sums") if isinstance(state, dict) else None
+    if not isinstance(sums, dict):
+        return {}
+    return {k: v for k, v in sums.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def mismatch(run_dir: str | Path, file: str | Path, sums: dict[str, str]) -> str | None:
+    """Why ``file`` is not the one the checkpoint recorded (None when it is, or when none was recorded)."""
+    name = Path(file).relative_to(run_dir).as_posix()
+    expected = sums.get(name)
+    if expected is None or not Path(file).is_file():
+        return None
+    found = file_sum(file)
+    if found == expected:
+        return None
+    return f"{file} is not the file the run wrote (sha256 {found[:12]}..., the checkpoint records {expected[:12]}...)"
 
 
 def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

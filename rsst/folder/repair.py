@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rsst.folder.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
-from rsst.folder.checkpoint import CheckpointError, load_checkpoint, read_identity
+from rsst.folder.checkpoint import CheckpointError, file_sum, load_checkpoint, mismatch, read_identity
 from rsst.folder.layout import CONFIG, RunFiles, printable
 from rsst.folder.naming import RunFolderError, config_hash
 from rsst.folder.safeload import load_tensors, load_yaml
@@ -125,12 +125,16 @@ def repair(
     round_rows: Sequence[dict[str, Any]],
     tickets: Mapping[int, Mapping[str, torch.Tensor]],
     last_weights: Callable[[], Mapping[str, torch.Tensor]] | None,
+    sums: dict[str, str] | None = None,
 ) -> list[Path]:
     """Rewrite the run's files from the checkpoint's state; return the files that cannot be rebuilt.
 
     ``tickets`` maps each finished round to its final masks; ``last_weights`` gives the last
-    finished round's weights when the run stands at a round boundary (else None).
+    finished round's weights when the run stands at a round boundary (else None). ``sums`` (the
+    checkpoint's record of the round files, updated in place for a rebuilt one) finds a weights file
+    that was replaced or damaged: it is rebuilt where the checkpoint holds its weights, else named.
     """
+    sums = {} if sums is None else sums
     files = RunFiles(run_dir)
     cfg_file = files.config
     if not cfg_file.is_file() or cfg_file.read_text() != config_text:
@@ -148,15 +152,20 @@ def repair(
             if not mask_file.is_file() or _masks_differ(mask_file, tickets[r]):
                 log.warning("%s was missing or did not match the checkpoint: rebuilt", mask_file)
                 atomic_torch_save({n: m.bool().cpu() for n, m in tickets[r].items()}, mask_file)
+                sums[mask_file.relative_to(run_dir).as_posix()] = file_sum(mask_file)
         elif not mask_file.is_file():
             lost.append(mask_file)
         weights_file = files.weights(r)
-        if not weights_file.is_file():
+        wrong = mismatch(run_dir, weights_file, sums)
+        if not weights_file.is_file() or wrong is not None:
             if r == done - 1 and last_weights is not None:
-                log.warning("%s was missing: rebuilt from the checkpoint", weights_file)
+                log.warning("%s: rebuilt from the checkpoint", wrong or f"{weights_file} was missing")
                 atomic_torch_save(dict(last_weights()), weights_file)
-            else:
+                sums[weights_file.relative_to(run_dir).as_posix()] = file_sum(weights_file)
+            elif wrong is not None:
+                log.warning("%s, and the checkpoint does not hold that round's weights to rebuild it", wrong)
                 lost.append(weights_file)
-    for path in lost:
-        log.warning("%s is missing and cannot be rebuilt from the checkpoint", path)
+            else:
+                log.warning("%s is missing and cannot be rebuilt from the checkpoint", weights_file)
+                lost.append(weights_file)
     return lost

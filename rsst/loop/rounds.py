@@ -20,7 +20,7 @@ from torch import nn
 
 from rsst.config.checks import ConfigError, build
 from rsst.folder.atomic import atomic_torch_save
-from rsst.folder.checkpoint import clone_state, save_checkpoint
+from rsst.folder.checkpoint import clone_state, file_sum, mismatch, save_checkpoint
 from rsst.folder.layout import RunFiles
 from rsst.folder.naming import RunFolderError, config_hash, hashed_config
 from rsst.folder.safeload import UnloadableFile, load_tensors
@@ -203,6 +203,9 @@ class RoundLoop:
             raise RunFolderError(f"{exc}; it is the trained dense network (round 0), needed to prune") from None
         if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
             raise RunFolderError(f"{path}: expected the trained dense network's state_dict (named tensors)")
+        wrong = mismatch(self.run_dir, path, self.state.file_sums)
+        if wrong is not None:
+            raise RunFolderError(f"{wrong}: it is the trained dense network (round 0), needed to prune; restore it")
         return {k: v.to(self.device) for k, v in blob.items()}
 
     def begin_round(self) -> None:
@@ -308,6 +311,8 @@ class RoundLoop:
         def write_ticket() -> None:
             final.save(self.files.masks(r))
             atomic_torch_save(self.model.state_dict(), self.files.weights(r))
+            for path in (self.files.masks(r), self.files.weights(r)):  # the checkpoint records what was written
+                state.file_sums[path.relative_to(self.run_dir).as_posix()] = file_sum(path)
 
         self.write(write_ticket)
         state.round_rows.append(record)

@@ -30,7 +30,7 @@ from rsst.config.checks import validate_config
 from rsst.errors import RsstError
 from rsst.folder import provenance
 from rsst.folder.atomic import atomic_write_json, io_error, open_no_follow
-from rsst.folder.checkpoint import load_checkpoint
+from rsst.folder.checkpoint import load_checkpoint, save_checkpoint
 from rsst.folder.layout import RunFiles
 from rsst.folder.lock import RunLock
 from rsst.folder.naming import RunFolderError, hashed_config, run_directory
@@ -181,6 +181,7 @@ def _put_in_order(loop: RoundLoop, resumed: bool, hosts: list[str]) -> None:
         last_weights = state.trunk_weights
     elif resumed and state.plan is None and state.round > 0:  # at a round boundary: the model holds them
         last_weights = loop.model.state_dict()
+    sums_before = dict(state.file_sums)
     repair(
         loop.run_dir,
         OmegaConf.to_yaml(loop.cfg, resolve=True),
@@ -188,7 +189,10 @@ def _put_in_order(loop: RoundLoop, resumed: bool, hosts: list[str]) -> None:
         state.round_rows,
         state.tickets,
         None if last_weights is None else (lambda: last_weights),
+        state.file_sums,
     )
+    if state.file_sums != sums_before:  # a round file was rebuilt: the checkpoint records its new sum
+        save_checkpoint(loop.files.checkpoint, loop.checkpoint())
     processes = {"world_size": env.world_size, "backend": env.backend, "launcher": env.launcher, "hosts": hosts}
     extra = {"precision": loop.runtime.precision.as_dict(), "config_hash": loop.hash, "processes": processes}
     provenance.record_start(loop.run_dir, loop.device, resumed, extra)

@@ -37,6 +37,7 @@ class RunState:
     round_rows: list[dict[str, Any]] = field(default_factory=list)
     round_seconds: float = 0.0
     tracker_id: str | None = None
+    file_sums: dict[str, str] = field(default_factory=dict)  # sha256 of each round file as written, by its name
 
     @property
     def current_round(self) -> int:
