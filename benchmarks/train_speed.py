@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsst.data.base import Split, TensorDataModule
+from rsst.data.options import Serving
 from rsst.loop.optim import build_optimizer, build_scheduler
 from rsst.loop.steps import train_epoch
 from rsst.models import prunable_weights
@@ -230,9 +231,7 @@ def bench_project(
         args.classes,
         MEAN,
         STD,
-        augment=True,
-        crop_padding=4,
-        loader="device",
+        Serving(augment=True, crop_padding=4, loader="device"),
     )
     weights = list(prunable_weights(model).values())
     train_mask, penalised = masks_for(loop, model, device)

@@ -139,7 +139,7 @@ def test_subsets_keep_the_first_images_of_each_split(tmp_path):
     data = Cifar10(root=str(tmp_path), train_subset=10, eval_subset=5, **SMALL_CIFAR)
     assert [data.size(s) for s in ("train", "val", "test")] == [10, 5, 5]
     assert torch.equal(data.splits["val"].x, torch.from_numpy(fake["train_x"][80:85]))
-    with pytest.raises(ValueError, match="dataset.train_subset=0"):
+    with pytest.raises(ValueError, match=r"^dataset.train_subset=0 is invalid: expected null or an integer >= 1$"):
         Cifar10(root=str(tmp_path), train_subset=0, **SMALL_CIFAR)
 
 
@@ -213,6 +213,27 @@ def test_a_damaged_cifar_file_is_an_error_naming_the_file(tmp_path, damage, says
     with pytest.raises(CorruptDatasetError) as err:
         Cifar10(root=str(tmp_path), **SMALL_CIFAR)
     assert str(err.value).startswith(str(path)) and says in str(err.value)
+
+
+def _shared_nested_labels(entry: dict) -> None:
+    """20 labels, each one list shared five levels deep: a small pickle np.asarray would expand to 2 billion ints."""
+    node: object = 0
+    for width in (40, 40, 40, 40, 40):
+        node = [node] * width
+    entry["labels"] = [node] * 20
+
+
+def test_labels_that_are_not_flat_integers_are_refused_before_numpy_expands_them(tmp_path):
+    fake = write_cifar(tmp_path)
+    path = fake["folder"] / "data_batch_2"
+    _rewrite(path, _shared_nested_labels)
+    assert path.stat().st_size < 200_000  # the pickle memo shares the lists: the file is small
+    with pytest.raises(CorruptDatasetError) as err:
+        Cifar10(root=str(tmp_path), **SMALL_CIFAR)
+    assert str(err.value) == f"{path}: 'labels' must be a list of integer labels, found a list holding other things"
+    _rewrite(path, lambda e: e.update(labels=[True] * 20))  # bools are not labels either
+    with pytest.raises(CorruptDatasetError, match="must be a list of integer labels"):
+        Cifar10(root=str(tmp_path), **SMALL_CIFAR)
 
 
 def test_files_that_do_not_hold_the_expected_split_sizes_are_an_error(tmp_path):
@@ -392,3 +413,34 @@ def test_the_embedded_data_sets_still_build_and_batch_alike_with_workers():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     synthetic = build(compose_config(["dataset=synthetic"]).dataset, "dataset")
     assert isinstance(synthetic, Synthetic) and (synthetic.in_channels, synthetic.image_size) == (3, 32)
+
+
+def test_every_data_module_names_the_schema_of_its_conf_file_and_takes_its_defaults_only_from_it():
+    from helpers import CONF
+    from hydra.utils import get_class
+
+    from rsst.config.schema import GROUP_SCHEMAS
+    from rsst.data.options import data_options, option_values
+    from rsst.folder.safeload import load_yaml
+
+    schemas = {name: node for group, name, node in GROUP_SCHEMAS if group == "dataset"}
+    files = sorted((CONF / "dataset").glob("*.yaml"))
+    assert len(files) == 7
+    for path in files:
+        raw = load_yaml(path)
+        cls = get_class(raw["_target_"])
+        named = raw["defaults"][0].removeprefix("/schema/dataset/").removesuffix("@_here_")
+        assert cls.name == path.stem and cls.options is schemas[named], path.name
+        options = data_options(cls, {})  # nothing given: every value is the file's
+        values = option_values(path.stem)
+        assert values and {k: getattr(options, k) for k in values} == values, path.name
+        assert set(values) == {f for f in vars(options) if f != "_target_"}, path.name  # the file gives every key
+
+
+def test_a_data_module_built_in_python_refuses_a_wrong_key_or_value_in_one_line(tmp_path):
+    with pytest.raises(TypeError, match=r"^Digits\(\) got an unexpected keyword argument 'root' \(its options: "):
+        Digits(root="data")
+    with pytest.raises(ValueError, match=r"^dataset.val_size=0 is invalid: expected an integer >= 1 \(the best"):
+        Digits(val_size=0)
+    with pytest.raises(ValueError, match=r"^dataset.std=\[0.3, 0.0, 0.3\] is invalid: expected a list of numbers > 0"):
+        Cifar10(root=str(tmp_path), std=(0.3, 0.0, 0.3))

@@ -8,6 +8,7 @@ from helpers import compose_config
 
 from rsst.config.checks import ConfigError, build
 from rsst.data.base import Split, TensorDataModule, loader_for
+from rsst.data.options import Serving
 
 N, SIZE, PAD = 600, 8, 2
 
@@ -21,9 +22,8 @@ def indexed_module(augment: bool = True, loader: str = "device", **kw) -> Tensor
     tag = (idx % 251 + 1).to(torch.uint8).view(N, 1, 1)
     x = torch.stack([rows.expand(N, SIZE, SIZE), cols.expand(N, SIZE, SIZE), tag.expand(N, SIZE, SIZE)], dim=1)
     split = Split(x, idx)
-    return TensorDataModule(
-        split, split.head(10), split.head(10), N, [0.0] * 3, [1.0] * 3, augment, crop_padding=PAD, loader=loader, **kw
-    )
+    serving = Serving(augment=augment, crop_padding=PAD, loader=loader, **kw)
+    return TensorDataModule(split, split.head(10), split.head(10), N, [0.0] * 3, [1.0] * 3, serving)
 
 
 def raw(x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +128,8 @@ def test_rank_shards_on_both_paths_union_to_the_single_process_batches(loader):
 
 
 def test_a_wrong_loader_is_an_error_naming_the_key_and_the_choices():
-    with pytest.raises(ValueError, match=r"dataset.loader='gpu': expected one of auto, device, dataloader"):
+    expected = r"^dataset.loader='gpu' is invalid: expected one of auto, device, dataloader$"
+    with pytest.raises(ValueError, match=expected):
         indexed_module(loader="gpu")
     cfg = compose_config(["dataset.loader=fast"])
     with pytest.raises(ConfigError, match=r"^dataset: dataset.loader='fast'"):

@@ -71,7 +71,8 @@ def project(tmp_path, monkeypatch):
     shutil.copytree(CONF, conf)
     store = ConfigStore.instance()
     stored = []
-    for lang, path, body in blocks(PAGE.read_text()):
+    # the schema's blocks first: a module the page writes imports its dataclass from rsst.config.schema
+    for lang, path, body in sorted(blocks(PAGE.read_text()), key=lambda b: b[1] != "rsst/config/schema.py"):
         if path == "rsst/config/schema.py":  # dataclasses beside the schema's own, and their GROUP_SCHEMAS rows
             names = dict(vars(schema))
             flags = __future__.annotations.compiler_flag
@@ -79,6 +80,7 @@ def project(tmp_path, monkeypatch):
             for group, name, node in (row for row in names["GROUP_SCHEMAS"] if row is not Ellipsis):
                 store.store(group=f"schema/{group}", name=name, node=node)
                 stored.append((group, name))
+                monkeypatch.setattr(schema, node.__name__, node, raising=False)  # importable, as if written there
         elif lang == "yaml":
             (tmp_path / path).write_text(body)
         else:
@@ -92,6 +94,7 @@ def project(tmp_path, monkeypatch):
             spec.loader.exec_module(module)
             parent, _, leaf = dotted.rpartition(".")
             monkeypatch.setattr(sys.modules[parent], leaf, module, raising=False)
+    monkeypatch.setattr("rsst.data.options.conf_dir", lambda: conf)  # the scratch copy's conf/dataset files
     yield conf
     for group, name in stored:
         del store.repo["schema"][group][f"{name}.yaml"]
@@ -200,6 +203,10 @@ def test_the_data_set_composes_loads_its_file_and_names_it_when_it_is_missing(pr
     with pytest.raises(ConfigError) as err:
         build(configs[0].dataset, "dataset")  # dataset.root=data/my_images: not there
     assert str(err.value) == "dataset: npz images not found: expected data/my_images/images.npz, holding arrays x and y"
+    # built in Python with only a root, it takes the other options from conf/dataset/npz.yaml (val and test 100)
+    direct = sys.modules["rsst.data.npz"].NpzImages(root=str(root))
+    assert [direct.size(s) for s in ("train", "val", "test")] == [100, 100, 100]
+    assert (direct.augment, direct.loader_choice) == (False, "auto")
     # the last command puts the three examples together: the data set's shape builds the model, the method prunes it
     last = configs[1]
     data = build(compose_in(project, [*last_overrides(), f"dataset.root={root}"]).dataset, "dataset")

@@ -191,12 +191,13 @@ def test_the_rsst_hot_loop_never_synchronises_with_the_gpu():
     """Device batches (cut, cropped, flipped, normalised), bf16 autocast, channels_last, the fused
     optimiser, the RSST penalty and the in-place masks: not one host synchronisation per step."""
     from rsst.data.base import Split, TensorDataModule
+    from rsst.data.options import Serving
     from rsst.pruning.regularizer import ExpCustomExponentsSchedule, RSSTPenalty
 
     device = torch.device("cuda")
     torch.manual_seed(0)
     x, y = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (512,))
-    data = TensorDataModule(Split(x, y), Split(x, y), Split(x, y), 10, [0.5] * 3, [0.25] * 3, augment=True)
+    data = TensorDataModule(Split(x, y), Split(x, y), Split(x, y), 10, [0.5] * 3, [0.25] * 3, Serving(augment=True))
     run = Execution.from_config("bf16", True, device)
     model = run.prepare(resnet20(num_classes=10).to(device))
     weights = prunable_weights(model)

@@ -39,6 +39,7 @@ REWIND_MODES = ("init", "epoch", "pretrained")
 CONTROLS = ("reinit", "shuffle_layerwise")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+LOADERS = ("auto", "device", "dataloader")
 
 
 def _is_int(v: Any) -> bool:
@@ -200,7 +201,7 @@ class Data(Target):
     augment: bool = MISSING
     # device: the data lives on the training device, batches are cut there; dataloader: a CPU DataLoader
     # (same batches); auto: device unless it would take over half of a GPU's free memory
-    loader: str = MISSING
+    loader: str = rule(MISSING, f"one of {', '.join(LOADERS)}", lambda v: v in LOADERS)
     num_workers: int = int_at_least(0)  # loader=dataloader: worker processes (0: the main process)
     pin_memory: bool = MISSING  # loader=dataloader with CUDA: pinned host batches, copied asynchronously
 

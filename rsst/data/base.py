@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from rsst.data.options import Serving
 from rsst.parallel.dist import Shard, batch_windows
 
 SPLITS = ("train", "val", "test")
-LOADERS = ("auto", "device", "dataloader")
 DEVICE_MEMORY_SHARE = 0.5  # loader=auto keeps the data on a GPU when it needs at most this share of free memory
 
 
@@ -45,13 +45,6 @@ class Split:
     def head(self, n: int | None) -> Split:
         """The first ``n`` samples (all of them when ``n`` is None)."""
         return self if n is None else Split(self.x[:n], self.y[:n])
-
-
-def check_subsets(train_subset: int | None, eval_subset: int | None) -> None:
-    """Raise ``ValueError`` naming the key unless each subset size is a positive integer or None."""
-    for key, value in (("train_subset", train_subset), ("eval_subset", eval_subset)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"dataset.{key}={value!r}: expected a positive integer or null")
 
 
 class TensorDataModule:
@@ -78,21 +71,10 @@ class TensorDataModule:
         num_classes: int,
         mean: Sequence[float],
         std: Sequence[float],
-        augment: bool = False,
-        crop_padding: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        train_subset: int | None = None,
-        eval_subset: int | None = None,
-        loader: str = "auto",
+        serving: Serving = Serving(),  # noqa: B008  (frozen: one shared default is safe)
     ) -> None:
-        check_subsets(train_subset, eval_subset)
-        if loader not in LOADERS:
-            raise ValueError(f"dataset.loader={loader!r}: expected one of {', '.join(LOADERS)}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"dataset.num_workers={num_workers!r}: expected an integer >= 0")
-        if crop_padding is not None and (not isinstance(crop_padding, int) or crop_padding < 0):
-            raise ValueError(f"dataset.crop_padding={crop_padding!r}: expected an integer >= 0 or null")
+        augment, crop_padding, loader = serving.augment, serving.crop_padding, serving.loader
+        train_subset, eval_subset = serving.train_subset, serving.eval_subset
         self.splits = {"train": train.head(train_subset), "val": val.head(eval_subset), "test": test.head(eval_subset)}
         self.num_classes = int(num_classes)
         self.in_channels = int(train.x.shape[1])
@@ -108,8 +90,8 @@ class TensorDataModule:
         self.augment = bool(augment)
         self.crop_padding = max(1, self.image_size // 8) if crop_padding is None else crop_padding
         self.loader_choice = loader
-        self.num_workers = num_workers
-        self.pin_memory = bool(pin_memory)
+        self.num_workers = serving.num_workers
+        self.pin_memory = bool(serving.pin_memory)
         self._device_cache: dict[tuple[str, str], Split] = {}
         self._auto: dict[str, str] = {}
 

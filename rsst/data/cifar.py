@@ -16,8 +16,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from rsst.config import schema
 from rsst.data.base import Split, TensorDataModule
-from rsst.data.files import CorruptDatasetError, check_count, check_sizes, locate
+from rsst.data.files import CorruptDatasetError, check_count, locate
+from rsst.data.options import Serving, data_options
 
 try:
     from numpy._core import multiarray  # numpy 2
@@ -86,12 +88,19 @@ def read_cifar_pickle(path: Path, label_key: str, num_classes: int) -> tuple[np.
     if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
         keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
         raise CorruptDatasetError(f"{path}: expected a dict with 'data' and {label_key!r}, found {keys}")
-    data, labels = entry["data"], np.asarray(entry[label_key])
+    data, raw = entry["data"], entry[label_key]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         shape = getattr(data, "shape", None)
         raise CorruptDatasetError(f"{path}: 'data' must be a uint8 array of shape [N, 3072], got {shape}")
-    if labels.shape != (data.shape[0],):
-        raise CorruptDatasetError(f"{path}: {data.shape[0]} images but {label_key!r} has shape {labels.shape}")
+    # the labels are checked before numpy sees them: a small pickle can share one nested list many times
+    # over, which np.asarray would expand into gigabytes
+    flat = isinstance(raw, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+    if not (flat or (isinstance(raw, np.ndarray) and raw.ndim == 1 and raw.dtype.kind in "iu")):
+        found = type(raw).__name__ if not isinstance(raw, list) else "a list holding other things"
+        raise CorruptDatasetError(f"{path}: {label_key!r} must be a list of integer labels, found {found}")
+    if len(raw) != data.shape[0]:
+        raise CorruptDatasetError(f"{path}: {data.shape[0]} images but {label_key!r} holds {len(raw)} labels")
+    labels = np.asarray(raw, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise CorruptDatasetError(
             f"{path}: labels must lie in [0, {num_classes}), found [{labels.min()}, {labels.max()}]"
@@ -103,6 +112,7 @@ class Cifar10(TensorDataModule):
     """CIFAR-10 under ``root/cifar-10-batches-py`` (``root`` itself may be that folder)."""
 
     name = "cifar10"
+    options = schema.Cifar  # its keys, types and rules (conf/dataset/<name>.yaml holds the values)
     title = "CIFAR-10"
     folder = "cifar-10-batches-py"
     train_files: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -110,35 +120,18 @@ class Cifar10(TensorDataModule):
     label_key = "labels"
     classes = 10
     url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    MEAN = (0.4914, 0.4822, 0.4465)
-    STD = (0.2470, 0.2435, 0.2616)
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        train_size: int = 45000,
-        val_size: int = 5000,
-        test_size: int = 10000,
-        augment: bool = True,
-        crop_padding: int = 4,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        train_subset: int | None = None,
-        eval_subset: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        loader: str = "auto",
-    ) -> None:
-        check_sizes(train_size=train_size, val_size=val_size, test_size=test_size)
-        base = Path(root).expanduser()
+    def __init__(self, **given: Any) -> None:
+        """The keys of ``conf/dataset/<name>.yaml``; those not given take that file's values (:func:`data_options`)."""
+        o = data_options(self, given)
+        base = Path(o.root).expanduser()
         files = (*self.train_files, *self.test_files)
         folder = locate(
             name=self.title,
             candidates=[base / self.folder, base],
             complete=lambda d: all((d / f).is_file() for f in files),
             expected_files=", ".join(files),
-            download=download,
+            download=o.download,
             downloader=lambda: self._download(base),
             url=self.url,
             download_root=base,
@@ -146,23 +139,19 @@ class Cifar10(TensorDataModule):
         train_x, train_y = self._read(folder, self.train_files)
         test_x, test_y = self._read(folder, self.test_files)
         names = "+".join(self.train_files)
-        check_count(len(train_y), train_size + val_size, names, folder, "dataset.train_size + dataset.val_size")
-        check_count(len(test_y), test_size, "+".join(self.test_files), folder, "dataset.test_size")
+        keys = "dataset.train_size + dataset.val_size"
+        check_count(len(train_y), o.train_size + o.val_size, names, folder, keys)
+        check_count(len(test_y), o.test_size, "+".join(self.test_files), folder, "dataset.test_size")
         x, y = torch.from_numpy(train_x), torch.from_numpy(train_y)
+        n = o.train_size
         super().__init__(
-            train=Split(x[:train_size], y[:train_size]),
-            val=Split(x[train_size:], y[train_size:]),
-            test=Split(torch.from_numpy(test_x), torch.from_numpy(test_y)),
-            num_classes=self.classes,
-            mean=self.MEAN if mean is None else mean,
-            std=self.STD if std is None else std,
-            augment=augment,
-            crop_padding=crop_padding,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            loader=loader,
-            train_subset=train_subset,
-            eval_subset=eval_subset,
+            Split(x[:n], y[:n]),
+            Split(x[n:], y[n:]),
+            Split(torch.from_numpy(test_x), torch.from_numpy(test_y)),
+            self.classes,
+            o.mean,
+            o.std,
+            Serving.of(o),
         )
 
     def _read(self, folder: Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -187,8 +176,6 @@ class Cifar100(Cifar10):
     label_key = "fine_labels"
     classes = 100
     url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-    MEAN = (0.5071, 0.4866, 0.4409)
-    STD = (0.2673, 0.2564, 0.2762)
 
     @staticmethod
     def _download(root: Path) -> None:

@@ -11,14 +11,16 @@ the pixels of the 55,000-image train split.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from rsst.config import schema
 from rsst.data.base import Split, TensorDataModule
-from rsst.data.files import CorruptDatasetError, check_count, check_sizes, locate
+from rsst.data.files import CorruptDatasetError, check_count, locate
+from rsst.data.options import Serving, data_options
 
 SYSTEM_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -55,28 +57,13 @@ def read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
 
 class FashionMNIST(TensorDataModule):
     name = "fashion_mnist"
+    options = schema.Cifar  # its keys, types and rules (conf/dataset/<name>.yaml holds the values)
     url = "https://github.com/zalandoresearch/fashion-mnist (data/fashion/*.gz)"
-    MEAN = (0.2858,)
-    STD = (0.3529,)
 
-    def __init__(
-        self,
-        root: str | None = None,
-        download: bool = False,
-        train_size: int = 55000,
-        val_size: int = 5000,
-        test_size: int = 10000,
-        augment: bool = False,
-        crop_padding: int | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        train_subset: int | None = None,
-        eval_subset: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        loader: str = "auto",
-    ) -> None:
-        check_sizes(train_size=train_size, val_size=val_size, test_size=test_size)
+    def __init__(self, **given: Any) -> None:
+        """The keys of ``conf/dataset/fashion_mnist.yaml``; those not given take that file's values."""
+        o = data_options(self, given)
+        root = o.root
         if root is None:
             roots = [SYSTEM_ROOT, Path("data")] if SYSTEM_ROOT.is_dir() else [Path("data")]
         else:
@@ -87,7 +74,7 @@ class FashionMNIST(TensorDataModule):
             candidates=[d for r in roots for d in (r, r / "FashionMNIST" / "raw")],
             complete=lambda d: all(_file(d, stem) is not None for stem in FILES.values()),
             expected_files=", ".join(f"{stem}[.gz]" for stem in FILES.values()),
-            download=download,
+            download=o.download,
             downloader=lambda: _download(download_root),
             url=self.url,
             download_root=download_root,
@@ -107,30 +94,17 @@ class FashionMNIST(TensorDataModule):
             if n_images != n_labels:
                 raise CorruptDatasetError(f"{folder}: {split} has {n_images} images but {n_labels} labels")
         n_train = len(arrays["train_labels"])
-        check_count(
-            n_train, train_size + val_size, FILES["train_images"], folder, "dataset.train_size + dataset.val_size"
-        )
-        check_count(len(arrays["test_labels"]), test_size, FILES["test_images"], folder, "dataset.test_size")
+        keys = "dataset.train_size + dataset.val_size"
+        check_count(n_train, o.train_size + o.val_size, FILES["train_images"], folder, keys)
+        check_count(len(arrays["test_labels"]), o.test_size, FILES["test_images"], folder, "dataset.test_size")
         x = torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1)
         y = torch.from_numpy(arrays["train_labels"].astype(np.int64))
-        super().__init__(
-            train=Split(x[:train_size], y[:train_size]),
-            val=Split(x[train_size:], y[train_size:]),
-            test=Split(
-                torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
-                torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-            ),
-            num_classes=10,
-            mean=self.MEAN if mean is None else mean,
-            std=self.STD if std is None else std,
-            augment=augment,
-            crop_padding=crop_padding,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            loader=loader,
-            train_subset=train_subset,
-            eval_subset=eval_subset,
+        n = o.train_size
+        test = Split(
+            torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
+            torch.from_numpy(arrays["test_labels"].astype(np.int64)),
         )
+        super().__init__(Split(x[:n], y[:n]), Split(x[n:], y[n:]), test, 10, o.mean, o.std, Serving.of(o))
 
 
 def _download(root: Path) -> None:

@@ -73,10 +73,3 @@ def check_count(found: int, expected: int, what: str, where: Path | str, keys: s
             f"{where}: {what} holds {found} images, expected {keys} = {expected}; "
             "the files are incomplete, or the expected split sizes in the config do not match them"
         )
-
-
-def check_sizes(**sizes: int) -> None:
-    """Raise ``ValueError`` naming the key unless every expected split size is a positive integer."""
-    for key, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"dataset.{key}={value!r}: expected a positive integer")

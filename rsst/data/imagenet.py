@@ -51,8 +51,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as F  # imported here, so that forked workers inherit it
 
-from rsst.data.base import LOADERS, SPLITS, batch_loader, check_subsets, normalise
-from rsst.data.files import CorruptDatasetError, DatasetNotFoundError, check_count, check_sizes
+from rsst.config import schema
+from rsst.data.base import SPLITS, batch_loader, normalise
+from rsst.data.files import CorruptDatasetError, DatasetNotFoundError, check_count
+from rsst.data.options import data_options
 from rsst.parallel.dist import Shard, batch_windows
 
 log = logging.getLogger(__name__)
@@ -323,45 +325,24 @@ class ImageNet:
     """
 
     name = "imagenet"
-    MEAN = (0.485, 0.456, 0.406)
-    STD = (0.229, 0.224, 0.225)
+    options = schema.ImageNet  # its keys, types and rules (conf/dataset/<name>.yaml holds the values)
 
-    def __init__(
-        self,
-        root: str = "data",
-        train_size: int = 1271167,
-        val_size: int = 10000,
-        test_size: int = 50000,
-        split_seed: int = 0,
-        augment: bool = True,
-        image_size: int = 224,
-        resize_size: int = 256,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        train_subset: int | None = None,
-        eval_subset: int | None = None,
-        num_workers: int = 8,
-        pin_memory: bool = True,
-        loader: str = "auto",
-    ) -> None:
-        check_sizes(train_size=train_size, val_size=val_size, test_size=test_size, image_size=image_size)
-        check_subsets(train_subset, eval_subset)
-        if loader == "device":
+    def __init__(self, **given: Any) -> None:
+        """The keys of ``conf/dataset/imagenet.yaml``; those not given take that file's values."""
+        o = data_options(self, given)
+        if o.loader == "device":
             raise ValueError(
                 "dataset.loader='device': ImageNet is decoded from its JPEG files by DataLoader workers and "
                 "does not fit on a device; use dataset.loader=auto or dataloader"
             )
-        if loader not in LOADERS:
-            raise ValueError(f"dataset.loader={loader!r}: expected auto or dataloader (ImageNet is read from files)")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"dataset.num_workers={num_workers!r}: expected an integer >= 0")
-        if isinstance(resize_size, bool) or not isinstance(resize_size, int) or resize_size < image_size:
-            raise ValueError(f"dataset.resize_size={resize_size!r}: expected an integer >= image_size={image_size}")
-        mean = self.MEAN if mean is None else tuple(float(m) for m in mean)
-        std = self.STD if std is None else tuple(float(s) for s in std)
-        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-            raise ValueError(f"dataset.mean/std: expected 3 values each, std positive, got {list(mean)} / {list(std)}")
-        folder = locate_imagenet(Path(root).expanduser())
+        if o.resize_size < o.image_size:
+            raise ValueError(f"dataset.resize_size={o.resize_size!r}: expected an integer >= image_size={o.image_size}")
+        mean, std = tuple(float(m) for m in o.mean), tuple(float(s) for s in o.std)
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"dataset.mean/std: expected 3 values each, got {list(mean)} / {list(std)}")
+        train_size, val_size, test_size = o.train_size, o.val_size, o.test_size
+        train_subset, eval_subset, split_seed = o.train_subset, o.eval_subset, o.split_seed
+        folder = locate_imagenet(Path(o.root).expanduser())
         self.folder = folder
         self.classes = find_classes(folder)
         log.info("listing ImageNet images under %s", folder)
@@ -381,13 +362,13 @@ class ImageNet:
         }
         self.num_classes = len(self.classes)
         self.in_channels = 3
-        self.image_size = int(image_size)
-        self.resize_size = int(resize_size)
+        self.image_size = int(o.image_size)
+        self.resize_size = int(o.resize_size)
         self.mean, self.std = mean, std
-        self.augment = bool(augment)
-        self.loader_choice = loader
-        self.num_workers = num_workers
-        self.pin_memory = bool(pin_memory)
+        self.augment = bool(o.augment)
+        self.loader_choice = o.loader
+        self.num_workers = o.num_workers
+        self.pin_memory = bool(o.pin_memory)
 
     def resolve_loader(self, device: torch.device | str) -> str:
         """Always ``dataloader``: the images are decoded from files, never held on a device."""

@@ -17,12 +17,15 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from rsst.data.base import Split, TensorDataModule, check_subsets
-from rsst.data.files import CorruptDatasetError, check_count, check_sizes, locate
+from rsst.config import schema
+from rsst.data.base import Split, TensorDataModule
+from rsst.data.files import CorruptDatasetError, check_count, locate
+from rsst.data.options import Serving, data_options
 
 log = logging.getLogger(__name__)
 
@@ -119,49 +122,29 @@ class TinyImageNet(TensorDataModule):
     """Tiny-ImageNet under ``root/tiny-imagenet-200`` (``root`` itself may be that folder)."""
 
     name = "tiny_imagenet"
-    MEAN = (0.4802, 0.4481, 0.3975)
-    STD = (0.2302, 0.2265, 0.2262)
+    options = schema.TinyImageNet  # its keys, types and rules (conf/dataset/<name>.yaml holds the values)
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        num_classes: int = 200,
-        train_size: int = 90000,
-        val_size: int = 10000,
-        test_size: int = 10000,
-        split_seed: int = 10,
-        augment: bool = True,
-        crop_padding: int = 4,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        train_subset: int | None = None,
-        eval_subset: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        loader: str = "auto",
-    ) -> None:
-        check_sizes(num_classes=num_classes, train_size=train_size, val_size=val_size, test_size=test_size)
-        check_subsets(train_subset, eval_subset)
-        base = Path(root).expanduser()
+    def __init__(self, **given: Any) -> None:
+        """The keys of ``conf/dataset/tiny_imagenet.yaml``; those not given take that file's values."""
+        o = data_options(self, given)
+        base = Path(o.root).expanduser()
         folder = locate(
             name="Tiny-ImageNet",
             candidates=[base / FOLDER, base],
             complete=_complete,
             expected_files=EXPECTED_FILES,
-            download=download,
+            download=o.download,
             downloader=lambda: _download(base),
             url=URL,
             download_root=base,
         )
-        wnids = read_wnids(folder, num_classes)
+        wnids = read_wnids(folder, o.num_classes)
         pool_paths, pool_labels = train_pool_files(folder, wnids)
-        check_count(
-            len(pool_paths), train_size + val_size, "train/*/images", folder, "dataset.train_size + dataset.val_size"
-        )
+        keys = "dataset.train_size + dataset.val_size"
+        check_count(len(pool_paths), o.train_size + o.val_size, "train/*/images", folder, keys)
         test_paths, test_labels = official_val_files(folder, wnids)
-        check_count(len(test_paths), test_size, "val/val_annotations.txt", folder, "dataset.test_size")
-        perm = np.random.RandomState(split_seed).permutation(len(pool_paths))
+        check_count(len(test_paths), o.test_size, "val/val_annotations.txt", folder, "dataset.test_size")
+        perm = np.random.RandomState(o.split_seed).permutation(len(pool_paths))
         threads = min(8, os.cpu_count() or 1)
         log.info("decoding %d Tiny-ImageNet images from %s", len(pool_paths) + len(test_paths), folder)
 
@@ -169,20 +152,15 @@ class TinyImageNet(TensorDataModule):
             x = decode([paths[i] for i in order], threads)
             return Split(torch.from_numpy(x), torch.tensor([labels[i] for i in order], dtype=torch.int64))
 
+        n, train_subset, eval_subset = o.train_size, o.train_subset, o.eval_subset
         super().__init__(  # decode only the images the subsets keep
-            train=split(pool_paths, pool_labels, perm[:train_size][:train_subset]),
-            val=split(pool_paths, pool_labels, perm[train_size:][:eval_subset]),
-            test=split(test_paths, test_labels, range(len(test_paths))[:eval_subset]),
-            num_classes=num_classes,
-            mean=self.MEAN if mean is None else mean,
-            std=self.STD if std is None else std,
-            augment=augment,
-            crop_padding=crop_padding,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            loader=loader,
-            train_subset=train_subset,
-            eval_subset=eval_subset,
+            split(pool_paths, pool_labels, perm[:n][:train_subset]),
+            split(pool_paths, pool_labels, perm[n:][:eval_subset]),
+            split(test_paths, test_labels, range(len(test_paths))[:eval_subset]),
+            o.num_classes,
+            o.mean,
+            o.std,
+            Serving.of(o),
         )
 
 
