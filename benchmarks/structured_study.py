@@ -16,7 +16,9 @@ study with ``rsst.report`` (accuracy against channel density and against MACs), 
   (at its best-validation epoch), RSST's ``trained_test_acc`` (the denser ``M_r | R_r`` as trained,
   what the original code reported), weight density, channel density, params, MACs and the
   theoretical speed-up (dense MACs / ticket MACs); ``penalised_norm_start``/``_end`` of RSST;
-  the latency figures; the verdict; the budget, the machine and the compute time;
+  the latency figures; what the channels cut at each run's last round still carried (their
+  BatchNorm's running variance and |gamma|, :func:`removed_channels`); the verdict; the budget,
+  the machine and the compute time;
 * ``OUT/study.md``: the same as tables and the verdict in words.
 
 The verdict compares RSST with Refill per pruned round, paired by seed: the mean difference in
@@ -100,6 +102,11 @@ def ablation_overrides(name: str) -> list[str]:
             raise ValueError(f"--ablation {name}: g must be > 0")
         return [f"schedule.reg_granularity_prune={value:g}"]
     raise ValueError(f"--ablation {name!r}: expected one of {', '.join(ABLATIONS)} or g=<float>")
+
+
+def ablation_label(name: str) -> str:
+    """The method label :func:`method_of` gives an ablation's runs: ``rsst period_epoch``, ``rsst g=0.1``."""
+    return f"rsst g={float(name[2:]):g}" if name.startswith("g=") else f"rsst {name}"
 
 
 def sweeps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -308,6 +315,69 @@ def diff_table(diffs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def removed_channels(run_dir: Path, round_: int) -> dict[str, float] | None:
+    """What the channels cut at the end of ``round_`` still carried: their BatchNorm's running variance and |gamma|.
+
+    A channel is cut when it is alive in ``masks/round_<r-1>.pt`` and dead in ``masks/round_<r>.pt``.
+    Its conv weights are zero in ``weights/round_<r>.pt`` (saved after the cut), but the BatchNorm
+    after it keeps the running variance of the pre-BN output it had while training: near BN's eps
+    (1e-5) only if the channel was already silent. The medians are over the cut channels (and, for
+    scale, the kept ones) of every ``<block>.conv<i>`` with a ``<block>.bn<i>``.
+    """
+    from rsst.folder.layout import RunFiles
+    from rsst.folder.safeload import load_tensors
+
+    files = RunFiles(run_dir)
+    if round_ < 1 or not files.masks(round_).is_file() or not files.weights(round_).is_file():
+        return None
+    before, after, weights = (
+        load_tensors(p) for p in (files.masks(round_ - 1), files.masks(round_), files.weights(round_))
+    )
+    cut_var, cut_gamma, kept_var = [], [], []
+    for name, mask in after.items():
+        bn = name.replace(".conv", ".bn").removesuffix(".weight")
+        if ".conv" not in name or f"{bn}.running_var" not in weights or mask.dim() != 4:
+            continue
+        alive = lambda m: m.flatten(1).any(1)  # noqa: E731  (a row of the mask: one output channel)
+        cut = alive(before[name]) & ~alive(mask)
+        var, gamma = weights[f"{bn}.running_var"].float(), weights[f"{bn}.weight"].float().abs()
+        cut_var += var[cut].tolist()
+        cut_gamma += gamma[cut].tolist()
+        kept_var += var[alive(mask)].tolist()
+    if not cut_var:
+        return None
+    return {
+        "channels_cut": len(cut_var),
+        "cut_running_var": statistics.median(cut_var),
+        "cut_abs_gamma": statistics.median(cut_gamma),
+        "kept_running_var": statistics.median(kept_var),
+    }
+
+
+def removed_table(runs: list[dict[str, Any]], ablations: list[str]) -> tuple[list[dict[str, Any]], str]:
+    """:func:`removed_channels` at each channel-wise run's last round, as rows and a markdown table."""
+    rows = []
+    for run in runs:
+        method = method_of(run, ablations)
+        last = max((r["round"] for r in run["rows"] if "branch" not in r), default=0)
+        if method == "imp" or last < 1:
+            continue
+        found = removed_channels(run["dir"], last)
+        if found is not None:
+            rows.append({"method": method, "seed": run["cfg"]["seed"], "round": last, **found})
+    lines = [
+        "| method | seed | round | channels cut | cut: median pre-BN running var | cut: median abs gamma "
+        "| kept: median pre-BN running var |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sorted(rows, key=lambda r: (r["method"], r["seed"])):
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {r['round']} | {r['channels_cut']} | {r['cut_running_var']:.3g} "
+            f"| {r['cut_abs_gamma']:.3g} | {r['kept_running_var']:.3g} |"
+        )
+    return rows, "\n".join(lines)
+
+
 def run_quiet(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
 
@@ -424,17 +494,24 @@ def main(argv: list[str] | None = None) -> int:
     trained = paired(runs, "rsst", "refill", "trained_test_acc", "test_acc", args.ablation)
     exports = export_sparsest(runs, args.ablation, env, args.repeats)
     compute = sum(row.get("seconds", 0.0) for run in runs for row in run["rows"])
+    removed, removed_md = removed_table(runs, args.ablation)
     for x in ("channel_density", "macs"):
         rep = run_quiet(
             [sys.executable, "-m", "rsst.report", str(out), "--x", x, "--out", str(out / f"report_{x}")], env
         )
         if rep.returncode != 0:
             raise SystemExit(f"rsst.report failed (exit {rep.returncode}): {rep.stderr.strip()}")
+    ablated = {name: paired(runs, ablation_label(name), "refill", "test_acc", "test_acc", args.ablation)
+               for name in args.ablation}  # fmt: skip
     verdict = {
         "ticket": answer(ticket),
         "trained": answer(trained, "RSST as trained", "Refill"),
         "ticket_rounds": ticket,
         "trained_rounds": trained,
+        "ablations": {
+            name: {"answer": answer(d, f"RSST ({ablation_label(name)[5:]})", "Refill"), "rounds": d}
+            for name, d in ablated.items()
+        },
     }
     settings = {
         "quick": args.quick,
@@ -451,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep_seconds_all_starts": round(timing["sweep_seconds"], 1),
         "starts": timing["starts"],
     }
-    result = {"summary": summary, "verdict": verdict, "latency": exports, "settings": settings}
+    result = {"summary": summary, "verdict": verdict, "latency": exports, "removed": removed, "settings": settings}
     (out / "study.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
         "# Structured study: RSST against Refill (and IMP) on CIFAR-10, ResNet-20",
@@ -469,6 +546,25 @@ def main(argv: list[str] | None = None) -> int:
         diff_table(trained),
         "",
         f"Does RSST as trained beat Refill? {verdict['trained']}.",
+        "",
+        *(
+            line
+            for name, d in ablated.items()
+            for line in (
+                f"## RSST with {ablation_label(name)[5:]} - Refill, ticket against ticket",
+                "",
+                diff_table(d),
+                "",
+                f"Does RSST with {ablation_label(name)[5:]} beat Refill? {verdict['ablations'][name]['answer']}.",
+                "",
+            )
+        ),
+        "## What the channels cut at the last round still carried",
+        "",
+        "BatchNorm undoes a conv weight's scale: a channel whose weights shrink keeps its normalised output "
+        "until it is cut. Its running variance near BN's eps (1e-5) means it was already silent.",
+        "",
+        removed_md,
         "",
         "## Latency of the sparsest tickets (CPU, exported against dense)",
         "",

@@ -291,6 +291,7 @@ def test_structured_study_quick_mode_runs_all_three_methods_on_files_in_the_cifa
     sizes = ["dataset.train_size=160", "dataset.val_size=40", "dataset.test_size=60"]
     out = tmp_path / "study"
     cmd = [sys.executable, "benchmarks/structured_study.py", "--quick", "--out", str(out), "--repeats", "1"]
+    cmd += ["--ablation", "g=0.5"]
     proc = subprocess.run(
         [*cmd, f"dataset.root={tmp_path / 'data'}", *sizes],
         cwd=ROOT,
@@ -302,7 +303,7 @@ def test_structured_study_quick_mode_runs_all_three_methods_on_files_in_the_cifa
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     result = json.loads((out / "study.json").read_text())
     methods = result["summary"]["methods"]
-    assert set(methods) == {"imp", "refill", "rsst"}
+    assert set(methods) == {"imp", "refill", "rsst", "rsst g=0.5"}
     for name, entries in methods.items():
         assert [e["round"] for e in entries] == [0, 1, 2], name
         assert all(e["test_acc"]["n"] == 2 for e in entries)  # two seeds, mean and std
@@ -312,8 +313,19 @@ def test_structured_study_quick_mode_runs_all_three_methods_on_files_in_the_cifa
     assert "trained_test_acc" in methods["rsst"][1] and "penalised_norm_end" in methods["rsst"][1]
     assert [d["round"] for d in result["verdict"]["ticket_rounds"]] == [1, 2]
     assert result["verdict"]["ticket"].startswith(("yes: ", "no: ", "no difference beyond the seed spread"))
+    ablated = result["verdict"]["ablations"]["g=0.5"]  # its RSST runs, paired with Refill seed by seed
+    assert [d["round"] for d in ablated["rounds"]] == [1, 2] and all(d["seeds"] == [1, 2] for d in ablated["rounds"])
+    assert "rsst g=0.5" in methods and methods["rsst g=0.5"][1]["test_acc"]["n"] == 2
     for method in ("refill", "rsst"):
         assert {"latency_ms_batch1", "latency_ms_batch256"} <= set(result["latency"][method])
+    removed = {(r["method"], r["seed"]): r for r in result["removed"]}
+    assert set(removed) == {(m, s) for m in ("refill", "rsst", "rsst g=0.5") for s in (1, 2)}
+    assert all(r["round"] == 2 and r["channels_cut"] > 0 for r in removed.values())
+    # Refill's cut channels output zeros all round, so their BN running variance decays from its init of 1
+    assert all(removed[("refill", s)]["cut_running_var"] < 1.0 for s in (1, 2))
+    study_md = (out / "study.md").read_text()
+    assert "What the channels cut at the last round still carried" in study_md
+    assert "Does RSST with g=0.5 beat Refill? " in study_md
     assert (out / "report_channel_density" / "report.png").stat().st_size > 0
     assert (out / "report_macs" / "report.png").stat().st_size > 0
     assert "Does RSST beat Refill here?" in (out / "study.md").read_text()

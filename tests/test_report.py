@@ -308,3 +308,26 @@ def test_a_real_run_is_reported_and_an_edit_to_its_config_is_refused(real_run, t
         assert "Traceback" not in proc.stderr
     finally:
         (real_run / "config.yaml").write_text(original)
+
+
+@pytest.mark.parametrize("x", ["channel_density", "macs"])
+def test_imp_is_a_dotted_reference_level_on_the_channel_and_macs_axes(tmp_path, x):
+    root = tmp_path / "sweep"
+    for seed, accs in enumerate([[68.0, 70.0, 77.0], [68.5, 71.0, 78.0]]):
+        imp = [{**row, "channel_sparsity": 0.0} for row in rows(accs, remaining("imp", 3))]
+        write_run(root, overrides("imp", None), seed, imp)
+    for seed, accs in enumerate([[68.0, 67.0, 64.0], [68.5, 66.0, 65.0]]):
+        refill = rows(accs, remaining("refill", 3))
+        for row, sparsity, macs in zip(refill, [0.0, 19.0, 35.0], [40.5e6, 34.0e6, 28.0e6], strict=True):
+            row.update(channel_sparsity=sparsity, **({"macs": macs} if row["round"] else {}))
+        write_run(root, overrides("refill", "l1"), seed, refill)
+    layout = report(root, tmp_path / "out", x=x)["layout"]
+    by_branch = {line["branch"]: line for line in layout.lines}
+    assert set(by_branch) == {"ticket", "reference"}
+    reference = by_branch["reference"]
+    assert reference["y"] == [pytest.approx(77.5)] and reference["x"] == []  # IMP's sparsest round, mean of 2 seeds
+    assert reference["label"] == "imp at 64.0% weights, all channels (reference)"
+    assert reference["linestyle"] == ":"
+    ticket = by_branch["ticket"]
+    assert ticket["label"].startswith("refill") and ticket["y"][-1] == pytest.approx(64.5)
+    assert len(ticket["x"]) == (3 if x == "channel_density" else 2)

@@ -502,9 +502,17 @@ def set_level_ticks(ax: Any, levels: Sequence[float], x: str) -> None:
     ax.xaxis.set_major_formatter(FixedFormatter([tick_text(v, x) for v in kept]))
 
 
-def plot(groups: Sequence[Group], metric: str, out: Path, x: str = "remain_weight") -> PlotLayout:
+def plot(
+    groups: Sequence[Group],
+    metric: str,
+    out: Path,
+    x: str = "remain_weight",
+    references: Sequence[Group] = (),
+) -> PlotLayout:
     """Accuracy against remaining weight or MACs (log x): a line per group and control, a band of one std.
 
+    ``references`` are groups with no point on this axis (IMP keeps every channel and the dense
+    MACs): each is a dotted level at its sparsest ticket, labelled with that round's weights.
     The axes have a fixed size (:data:`AXES_SIZE`); the legend sits to their right and the figure
     grows to hold it, so the legend never shrinks the axes. Returns the saved figure's layout.
     """
@@ -537,9 +545,16 @@ def plot(groups: Sequence[Group], metric: str, out: Path, x: str = "remain_weigh
                 hi = [a + b for a, b in zip(y, s, strict=True)]
                 ax.fill_between(xs, lo, hi, color=c, alpha=0.18 if branch == TICKET else 0.1, linewidth=0)
                 lines.append({"label": label, "branch": branch, "linestyle": style, "color": c, "x": xs, "y": y})
+        for g, color in zip(references, palette(len(groups) + len(references))[len(groups) :], strict=True):
+            last = g.levels(metric)[-1]
+            label = f"{g.label} at {last['remain_weight']:.1f}% weights, all channels (reference)"
+            ax.axhline(last["mean"], color=color, ls=":", lw=1.2, label=label)
+            lines.append(
+                {"label": label, "branch": "reference", "linestyle": ":", "color": color, "x": [], "y": [last["mean"]]}
+            )
         dense = [
             float(r.rows()[0][metric])
-            for g in groups
+            for g in [*groups, *references]
             for r in g.runs
             if 0 in r.rows() and r.rows()[0]["remain_weight"] >= 99.999 and numeric(r.rows()[0].get(metric)) is not None
         ]
@@ -693,12 +708,18 @@ def report(
             ", ".join(r.path.name for r in unfinished),
         )
     groups = group_runs(runs)
-    if x == "channel_density":  # lines that remove channels (IMP and other unstructured ones stay at 100%)
-        groups = [g for g in groups if any(lv[x] < 99.999 for lv in g.levels(metric, x))]
-    if x != "remain_weight":
-        groups = [g for g in groups if g.levels(metric, x)]
-        if not groups:
+    references: list[Group] = []
+    if x != "remain_weight":  # unstructured lines (IMP) keep every channel: drawn as a reference level instead
+        on_axis = (
+            [g for g in groups if any(lv[x] < 99.999 for lv in g.levels(metric, x))]
+            if x == "channel_density"
+            else groups
+        )
+        on_axis = [g for g in on_axis if g.levels(metric, x)]
+        if not on_axis:
             raise KeyError(f"no round under {path} records {x!r} (only channel-wise refill/rsst rounds do)")
+        references = [g for g in groups if all(g is not a for a in on_axis) and g.levels(metric)]
+        groups = on_axis
     rows = long_table(groups, metric)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -708,7 +729,7 @@ def report(
     atomic_write_text(files.csv, buf.getvalue())
     md = markdown_table(groups, metric)
     atomic_write_text(files.markdown, md + "\n")
-    drawn = plot(groups, metric, files.png, x)
+    drawn = plot(groups, metric, files.png, x, references)
     return {"groups": groups, "rows": rows, "markdown": md, "out": out_dir, "layout": drawn, "skipped": skipped}
 
 
