@@ -413,14 +413,16 @@ def test_in_a_sweep_the_diverged_job_fails_alone(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_the_run_with_one_line_and_exit_130_and_the_same_command_resumes(finished_run, tmp_path):
+def test_ctrl_c_ends_the_run_in_one_line_exit_130_ignores_a_second_and_the_same_command_resumes(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     args = [*FINISHED_ARGS, f"paths.run_dir={run_dir}"]
     # A real SIGINT, sent by the process to itself once round 1's first epoch is saved (a kill point), so the
     # interrupt lands mid-run however fast the machine is.
     # SIGINT restored to its default first: a shell starts background jobs with it ignored, and Python then
     # never turns it into KeyboardInterrupt (a terminal's Ctrl-C reaches a foreground run with the default).
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RSST_KILL_AT": "epoch_saved:1:ticket:0", "RSST_KILL_SIGNAL": "INT"}
+    # A second SIGINT follows as the run ends (the `interrupted` kill point): it is ignored, not a traceback.
+    kills = "epoch_saved:1:ticket:0,interrupted"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RSST_KILL_AT": kills, "RSST_KILL_SIGNAL": "INT"}
     proc = subprocess.run(
         [sys.executable, "launch.py", *args],
         cwd=ROOT,

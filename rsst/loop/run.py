@@ -14,6 +14,7 @@ the same command resumes", and exit status 130: the checkpoint of the last finis
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -108,13 +109,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 try:
                     return _run(loop, pretrained)
                 except KeyboardInterrupt:
+                    _ignore_further_interrupts()
                     _to_run_log(interrupted(loop))  # while run.log is still attached
                     raise
     except KeyboardInterrupt:
+        _ignore_further_interrupts()
         if runtime.writer:  # one line, not a traceback; the other ranks of a multi-process run stop quietly
             sys.stderr.write(interrupted(loop) + "\n")
             sys.stderr.flush()
+        kill_point("interrupted")  # the tests' second Ctrl-C, while the run ends
         raise SystemExit(INTERRUPTED) from None
+
+
+def _ignore_further_interrupts() -> None:
+    """From the first Ctrl-C on, SIGINT is ignored: a second one while the run ends would print a traceback.
+
+    The process is ending (exit 130) and the checkpoint is saved, so there is nothing left to interrupt.
+    """
+    with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def interrupted(loop: RoundLoop | None) -> str:
@@ -316,9 +329,10 @@ def kill_point(name: str) -> None:
 
     ``round_saved:<r>``: after round ``r``'s checkpoint is saved, before ``rounds.json`` is written;
     ``epoch_saved:<r>:<branch>:<e>``: after epoch ``e`` of round ``r`` (``ticket`` or a control) is saved.
-    ``RSST_KILL_SIGNAL=INT`` (or another name) sends that signal instead: a Ctrl-C at a known point.
+    ``interrupted``: after a Ctrl-C's line is written, as the run ends. Several names, comma-separated,
+    each fire. ``RSST_KILL_SIGNAL=INT`` (or another name) sends that signal instead: a Ctrl-C at a known point.
     """
-    if os.environ.get("RSST_KILL_AT") == name:
+    if name in os.environ.get("RSST_KILL_AT", "").split(","):
         os.kill(os.getpid(), getattr(signal, f"SIG{os.environ.get('RSST_KILL_SIGNAL', 'KILL')}"))
 
 
