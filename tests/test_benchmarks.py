@@ -291,7 +291,7 @@ def test_structured_study_quick_mode_runs_all_three_methods_on_files_in_the_cifa
     sizes = ["dataset.train_size=160", "dataset.val_size=40", "dataset.test_size=60"]
     out = tmp_path / "study"
     cmd = [sys.executable, "benchmarks/structured_study.py", "--quick", "--out", str(out), "--repeats", "1"]
-    cmd += ["--ablation", "g=0.5"]
+    cmd += ["--ablation", "g=0.5", "--controls", "reinit"]
     proc = subprocess.run(
         [*cmd, f"dataset.root={tmp_path / 'data'}", *sizes],
         cwd=ROOT,
@@ -303,8 +303,13 @@ def test_structured_study_quick_mode_runs_all_three_methods_on_files_in_the_cifa
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     result = json.loads((out / "study.json").read_text())
     methods = result["summary"]["methods"]
-    assert set(methods) == {"imp", "refill", "rsst", "rsst g=0.5"}
+    assert set(methods) == {"imp", "refill", "rsst", "rsst g=0.5", "refill reinit", "rsst reinit", "rsst g=0.5 reinit"}
+    for control in ("refill reinit", "rsst reinit"):  # the control of every pruned ticket, over both seeds
+        entries = methods[control]
+        assert [e["round"] for e in entries] == [1, 2] and all(e["test_acc"]["n"] == 2 for e in entries)
     for name, entries in methods.items():
+        if name.endswith("reinit"):
+            continue
         assert [e["round"] for e in entries] == [0, 1, 2], name
         assert all(e["test_acc"]["n"] == 2 for e in entries)  # two seeds, mean and std
         assert entries[-1]["weight_density"]["mean"] < 70.0
