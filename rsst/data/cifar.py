@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from rsst.config import schema
+from rsst.data.archives import filtered_tar_extraction
 from rsst.data.base import Split, TensorDataModule
 from rsst.data.files import CorruptDatasetError, check_count, locate
 from rsst.data.options import Serving, data_options
@@ -162,7 +163,8 @@ class Cifar10(TensorDataModule):
     def _download(root: Path) -> None:
         from torchvision.datasets import CIFAR10
 
-        CIFAR10(str(root), train=True, download=True)
+        with filtered_tar_extraction():  # torchvision extracts with no filter of its own
+            CIFAR10(str(root), train=True, download=True)
 
 
 class Cifar100(Cifar10):
@@ -181,4 +183,5 @@ class Cifar100(Cifar10):
     def _download(root: Path) -> None:
         from torchvision.datasets import CIFAR100
 
-        CIFAR100(str(root), train=True, download=True)
+        with filtered_tar_extraction():
+            CIFAR100(str(root), train=True, download=True)

@@ -5,9 +5,10 @@ Layouts: ``root`` (or ``root/imagenet``) holds ``train/<wnid>/*.JPEG`` and ``val
 them, ``meta.bin`` next to them or not), or torchvision's archives ``ILSVRC2012_devkit_t12.tar.gz``
 (or its ``meta.bin``), ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar``: those are
 checked (md5) and extracted once with torchvision's own helpers, under a file lock, into
-``train/`` and ``val/``. ``meta.bin`` is read with ``torch.load(weights_only=True)`` only (it holds
-dicts, lists and strings); nothing is unpickled. ImageNet is never downloaded: it is licensed and
-must be fetched by hand from image-net.org.
+``train/`` and ``val/``, every member through :mod:`rsst.data.archives` (no ``..``, absolute
+paths or links). ``meta.bin`` is read through :func:`rsst.folder.safeload.load_tensors` only (it
+holds dicts, lists and strings), and its wnids must be WordNet ids; nothing is unpickled.
+ImageNet is never downloaded: it is licensed and must be fetched by hand from image-net.org.
 
 Classes are the sorted wnid folders of ``train/`` (torchvision's ``ImageFolder`` order), and the
 images of a class its files in sorted order. Splits: ``val_size`` images held out of ``train/`` by
@@ -37,6 +38,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,9 +54,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as F  # imported here, so that forked workers inherit it
 
 from rsst.config import schema
+from rsst.data.archives import UnsafeArchiveError, filtered_tar_extraction
 from rsst.data.base import SPLITS, batch_loader, normalise
 from rsst.data.files import CorruptDatasetError, DatasetNotFoundError, check_count
 from rsst.data.options import data_options
+from rsst.folder.safeload import load_tensors
 from rsst.parallel.dist import Shard, batch_windows
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,8 @@ DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
 META_FILE = "meta.bin"
+META_MAX_BYTES = 16 << 20  # torchvision's meta.bin is about 2 MB: a class table and 50,000 wnids
+WNID = re.compile(r"n\d{8}")
 LOCK_FILE = ".imagenet-extract.lock"
 EXPECTED_FILES = (
     "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (validation images in class folders), or torchvision's "
@@ -110,7 +116,9 @@ def locate_imagenet(base: Path) -> Path:
 def read_meta(path: Path) -> tuple[dict[str, Any], list[str]]:
     """torchvision's ``meta.bin``, ``(wnid_to_classes, val_wnids)``, loaded with ``weights_only=True`` only."""
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        content = load_tensors(path, max_bytes=META_MAX_BYTES)
+    except FileNotFoundError:
+        raise
     except Exception as exc:  # a refused global, a truncated file, not a torch file: all mean unusable
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CorruptDatasetError(
@@ -126,6 +134,10 @@ def read_meta(path: Path) -> tuple[dict[str, Any], list[str]]:
     )
     if not ok:
         raise CorruptDatasetError(f"{path}: expected (wnid_to_classes dict, list of validation wnids)")
+    # the validation wnids become folder names: each must be a WordNet id (n and 8 digits), never a path
+    odd = next((w for w in [*content[0], *content[1]] if not isinstance(w, str) or not WNID.fullmatch(w)), None)
+    if odd is not None:
+        raise CorruptDatasetError(f"{path}: {odd!r} is not a WordNet id (expected n and 8 digits, e.g. n01440764)")
     return content[0], content[1]
 
 
@@ -157,15 +169,20 @@ def prepare_archives(folder: Path) -> None:
     """
     from torchvision.datasets import imagenet as tv
 
+    stage = DEVKIT
     try:
-        with _extraction_lock(folder):
+        with _extraction_lock(folder), filtered_tar_extraction():  # torchvision's extractall gets our filter
             if not (folder / "val").is_dir():
                 if not (folder / META_FILE).is_file():
                     tv.parse_devkit_archive(str(folder))
                 wnids = read_meta(folder / META_FILE)[1]
+                stage = VAL_TAR
                 _extract_into(folder, "val", lambda part: tv.parse_val_archive(str(folder), wnids=wnids, folder=part))
             if not (folder / "train").is_dir():
+                stage = TRAIN_TAR
                 _extract_into(folder, "train", lambda part: tv.parse_train_archive(str(folder), folder=part))
+    except UnsafeArchiveError as exc:
+        raise UnsafeArchiveError(f"{folder / stage}: {exc} (nothing outside {folder} was written)") from None
     except RuntimeError as exc:  # torchvision: an archive is missing or fails its md5 check
         raise CorruptDatasetError(f"{folder}: {exc}") from exc
     except OSError as exc:
