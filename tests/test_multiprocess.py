@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,10 @@ from helpers import FAST, ROOT, only_run_dir, read_rounds
 
 pytestmark = pytest.mark.slow  # conftest.py sends the tests of each shared set of runs to one worker
 
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR", "RSST_KILL_AT")
+LAUNCH_VARS = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR", "RSST_KILL_AT",
+    "RSST_KILL_RANK", "RSST_KILL_SIGNAL",
+)  # fmt: skip
 # fp32: the properties below are fp32 ones (auto is bf16 on a CPU with AMX, where 1 and 2 processes round apart)
 LENET = ["arch=lenet_300_100", "prune.include_fc=true", "struct=imp", "prune.rounds=2", "train.amp=off", *FAST[1:]]
 RESNET = [*FAST, "struct=rsst", "prune.rounds=2", "train.amp=off"]
@@ -35,10 +39,12 @@ KILL_AT = "epoch_saved:1:ticket:0"  # round 1's first epoch is saved, its second
 WEIGHT_TOLERANCE = 1e-3  # |w_2proc - w_1proc|: summation order only (measured 1.3e-4 after round 0, 4e-7 after round 1)
 
 
-def start(root: Path, args: list[str], processes: int, kill_at: str | None = None) -> subprocess.CompletedProcess:
+def start(
+    root: Path, args: list[str], processes: int, kill_at: str | None = None, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``launch.py`` in ``processes`` processes (torchrun for more than one) with its runs under ``root``."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env |= {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    env |= {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(extra_env or {})}
     if kill_at:
         env["RSST_KILL_AT"] = kill_at
     prefix = [sys.executable]
@@ -192,3 +198,25 @@ def test_a_refusal_on_rank_0_stops_every_process_with_its_message(lenet_runs, tm
     assert "rank 1: another process of this run failed" in out
     assert (folder / "config.yaml").read_text() == (lenet_runs[2] / "config.yaml").read_text()  # untouched
     assert not (folder / "checkpoint.pt").exists() and not (folder / "masks").exists()
+
+
+def test_a_stalled_rank_ends_the_run_within_its_timeout_with_one_line_naming_it(tmp_path):
+    """Rank 1 stops itself (SIGSTOP: a hung node) once epoch 1 is saved; rank 0 waits ``collective_timeout_s``, not
+    gloo's 30 minutes, and names rank 1."""
+    env = {"RSST_KILL_AT": "epoch_saved:0:ticket:0", "RSST_KILL_SIGNAL": "STOP", "RSST_KILL_RANK": "1"}
+    started = time.monotonic()
+    proc = start(tmp_path, [*LENET, "seed=3", "collective_timeout_s=5"], 2, extra_env=env)
+    elapsed = time.monotonic() - started
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    line = (
+        "rank 0: a collective waited collective_timeout_s=5 s; rank 1 of 2 stalled (stopped, or its node lost). "
+        "The run stops; the same command resumes from the last saved epoch"
+    )
+    assert [ln for ln in out.splitlines() if "collective_timeout_s" in ln] == [line], out[-3000:]
+    # no frame of the project's code: the only traceback is torchrun's own report that a child failed
+    assert f'File "{ROOT / "rsst"}' not in out and 'launch.py", line' not in out, out[-3000:]
+    # the timeout, the grace period for the others to answer, and torchrun's own shutdown of the stopped rank
+    assert elapsed < 5 + 2 + 60, elapsed
+    run_dir = only_run_dir(tmp_path)
+    assert (run_dir / "checkpoint.pt").is_file()  # the last saved epoch is kept: the same command resumes

@@ -36,7 +36,7 @@ def test_different_configs_never_share_a_run_directory():
 
 def test_where_and_how_to_report_does_not_change_the_hash():
     base = config_hash(compose_config([]))
-    for extra in (["paths.root=/elsewhere"], ["device=cpu"], ["progress=false"]):
+    for extra in (["paths.root=/elsewhere"], ["device=cpu"], ["progress=false"], ["collective_timeout_s=5"]):
         assert config_hash(compose_config(extra)) == base, extra
 
 

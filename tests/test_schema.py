@@ -27,7 +27,7 @@ COMPOSE_ERRORS = [
     ("paths.root=[1,2]", "paths.root=[1, 2] is invalid: expected null or a string"),
     ("struct=foo", "struct='foo' is invalid: expected one of admm, grasp, imp, omp, random, refill, rsst, snip"),
     ("experiment=nope", "experiment='nope' is invalid: expected one of lth_fashion_mnist_lenet"),
-    ("foo=1", "foo is not a key of the config: the top level has arch, criteria, dataset"),
+    ("foo=1", "foo is not a key of the config: the top level has arch, collective_timeout_s, criteria, dataset"),
     ("train.epoch=3", "train.epoch is not a key of the config: train has amp, batch_size"),
 ]
 

@@ -174,6 +174,9 @@ class Config:
         lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
     )
     progress: bool = True  # a progress bar per epoch
+    # multi-process runs: how long a rank waits in a collective (or to join) before the run stops with one line
+    # naming the rank that stalled; not part of the run's identity
+    collective_timeout_s: int = int_at_least(1, 600)
     prune: Prune = field(default_factory=Prune)
     train: Train = field(default_factory=Train)
     lr_schedule: LrSchedule = field(default_factory=LrSchedule)

@@ -25,6 +25,7 @@ EXCLUDED_KEYS = (
     "logger",
     "progress",
     "device",
+    "collective_timeout_s",
     "dataset.root",
     "dataset.download",
     "dataset.loader",

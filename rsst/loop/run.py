@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = run_directory(cfg)
     loop: RoundLoop | None = None
     try:
-        with dist.process_group(runtime.env):
+        with dist.process_group(runtime.env, cfg.collective_timeout_s):
             loop, pretrained = together(runtime.env, lambda: _build(cfg, run_dir, runtime))
             loop.distribute()
             with ExitStack() as held:
@@ -330,8 +330,11 @@ def kill_point(name: str) -> None:
     ``round_saved:<r>``: after round ``r``'s checkpoint is saved, before ``rounds.json`` is written;
     ``epoch_saved:<r>:<branch>:<e>``: after epoch ``e`` of round ``r`` (``ticket`` or a control) is saved.
     ``interrupted``: after a Ctrl-C's line is written, as the run ends. Several names, comma-separated,
-    each fire. ``RSST_KILL_SIGNAL=INT`` (or another name) sends that signal instead: a Ctrl-C at a known point.
+    each fire; ``RSST_KILL_RANK=<r>`` limits them to rank ``r`` of a multi-process run.
+    ``RSST_KILL_SIGNAL=INT`` (or another name) sends that signal instead: a Ctrl-C at a known point.
     """
+    if os.environ.get("RSST_KILL_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+        return  # RSST_KILL_RANK=<r>: only that rank of a multi-process run
     if name in os.environ.get("RSST_KILL_AT", "").split(","):
         os.kill(os.getpid(), getattr(signal, f"SIG{os.environ.get('RSST_KILL_SIGNAL', 'KILL')}"))
 

@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,7 @@ SUBMITIT_LAUNCHERS = {"slurm": "slurm", "local": "submitit-local"}  # SUBMITIT_E
 HOSTNAME_BYTES = 256
 CHECKSUM_CHUNK = 1 << 22
 CHECKSUM_PERIOD = 65521
+DEFAULT_TIMEOUT_S = 600.0  # collective_timeout_s: the config's default
 
 
 class RanksDisagree(RsstError, RuntimeError):
@@ -124,8 +126,11 @@ def local_device(env: DistEnv) -> torch.device:
     return torch.device("cuda", env.local_rank)
 
 
-def init_process_group(env: DistEnv) -> None:
-    """Join the run's process group (NCCL on CUDA, gloo on the CPU); a single process does nothing."""
+def init_process_group(env: DistEnv, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Join the run's process group (NCCL on CUDA, gloo on the CPU); a single process does nothing.
+
+    ``timeout_s`` bounds the wait to join and every collective after (``collective_timeout_s``).
+    """
     if not env.is_distributed:
         return
     if dist.is_initialized():
@@ -137,7 +142,13 @@ def init_process_group(env: DistEnv) -> None:
         return
     if env.backend == "nccl":
         torch.cuda.set_device(local_device(env))
-    dist.init_process_group(env.backend, init_method=env.init_method, rank=env.rank, world_size=env.world_size)
+    dist.init_process_group(
+        env.backend,
+        init_method=env.init_method,
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
 
 
 def destroy_process_group() -> None:
@@ -147,13 +158,71 @@ def destroy_process_group() -> None:
 
 
 @contextmanager
-def process_group(env: DistEnv) -> Iterator[DistEnv]:
-    """Join the process group for the duration of a ``with`` block, and leave it after."""
-    init_process_group(env)
+def process_group(env: DistEnv, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[DistEnv]:
+    """Join the process group for the duration of a ``with`` block, and leave it after.
+
+    A collective that times out (a rank stopped, or its node lost) ends the block with
+    :class:`CollectiveTimeout`, whose one line names the ranks that did not answer.
+    """
+    init_process_group(env, timeout_s)
     try:
         yield env
+    except RuntimeError as exc:
+        if not env.is_distributed or not is_timeout(exc):
+            raise
+        raise CollectiveTimeout(timeout_line(env, timeout_s, stalled_ranks(env, timeout_s))) from None
     finally:
         destroy_process_group()
+
+
+class CollectiveTimeout(RsstError, RuntimeError):
+    """A collective waited ``collective_timeout_s`` for a rank that never came; the message names it."""
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a backend's timeout (gloo: "Timed out waiting ...ms for recv operation")."""
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
+
+
+def stalled_ranks(env: DistEnv, timeout_s: float) -> list[int] | None:
+    """The ranks that do not answer after a timeout, asked through the rendezvous store; None if it cannot tell.
+
+    Every rank that is still running times out in the same collective within moments of the
+    others, and each sets ``rsst/alive/<rank>`` in the store; a rank whose key does not appear
+    within a grace period (a tenth of the timeout, 2 to 30 s) is the one that stalled. If the
+    store itself does not answer (its host is the stalled rank), there is nothing to ask: None.
+    """
+    grace = min(30.0, max(2.0, timeout_s / 10))
+    try:
+        store = dist.distributed_c10d._get_default_store()  # the group's own store (no public accessor)
+        store.set_timeout(timedelta(seconds=grace))
+        store.set(f"rsst/alive/{env.rank}", "1")
+    except Exception:  # the store is gone or stalled with its host
+        return None
+    missing = []
+    for rank in range(env.world_size):
+        if rank == env.rank:
+            continue
+        try:
+            store.wait([f"rsst/alive/{rank}"], timedelta(seconds=grace))
+        except Exception:  # not set within the grace period: this rank does not answer
+            missing.append(rank)
+    return missing
+
+
+def timeout_line(env: DistEnv, timeout_s: float, stalled: list[int] | None) -> str:
+    if stalled:
+        who = f"rank{'s' if len(stalled) > 1 else ''} {', '.join(map(str, stalled))}"
+        what = f"{who} of {env.world_size} stalled (stopped, or its node lost)"
+    elif stalled is None:
+        what = "the rank that holds the rendezvous store (rank 0) stalled, or its node was lost"
+    else:
+        what = "every rank answered after the timeout: a collective ran longer than the timeout"
+    return (
+        f"rank {env.rank}: a collective waited collective_timeout_s={timeout_s:g} s; {what}. "
+        "The run stops; the same command resumes from the last saved epoch"
+    )
 
 
 def is_writer(env: DistEnv) -> bool:
