@@ -393,3 +393,25 @@ def test_provenance_records_code_versions_device_host_and_command(finished):
     assert (prov["git"] is None) or len(prov["git"]["commit"]) == 40
     assert prov["config_hash"] == torch.load(finished / "checkpoint.pt", weights_only=True)["config_hash"]
     assert [s["host"] for s in prov["starts"]] == [prov["host"]]  # one start: the run was never resumed
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_into_one_folder_each_report_only_their_own_failed_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [*FAST, "struct=imp", "prune.rounds=2", "train.epochs=1", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "launch.py", "-m", *args]
+    both = [  # started in the same second: one sweep of valid jobs, one whose two jobs break a rule
+        subprocess.Popen([*cmd, "seed=1,2"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+        subprocess.Popen(
+            [*cmd, "seed=3", "prune.rate=1.5,2.5"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ),
+    ]
+    (good_out, good_err), (bad_out, bad_err) = (p.communicate(timeout=300) for p in both)
+    good_err, bad_err = good_err.decode(), bad_err.decode()
+    assert both[0].returncode == 0 and "jobs failed" not in good_err, good_err[-2000:]
+    assert both[1].returncode == 1 and "2 of 2 jobs failed" in bad_err, bad_err[-2000:]
+    summary = [line for line in bad_err.splitlines() if line.startswith("  #")]
+    assert len(summary) == 2 and all("prune.rate=" in line and "is invalid" in line for line in summary), summary
+    assert sum(1 for p in sweep.iterdir() if (p / "rounds.json").is_file()) == 2  # the valid sweep's two runs
+    assert not (sweep / ".failed").exists()  # each sweep removed its own records once it had listed them

@@ -6,8 +6,11 @@ every launcher (basic, submitit local, submitit Slurm) without replacing any:
 - before the sweep, every job's config is composed and validated in the launching process. On
   Slurm an invalid job stops the whole sweep before anything is queued (a typo in a 100-job grid
   costs seconds, not a queue wait); locally the valid jobs still run and the invalid ones fail alone;
-- a job that fails with a user error records one line in ``<sweep>/.failed/<job>.json`` (a shared
-  file system carries it back from a cluster) instead of stopping the launcher;
+- a job that fails with a user error records one line in ``<sweep>/.failed/<sweep id>/<job>.json``
+  (a shared file system carries it back from a cluster) instead of stopping the launcher. The
+  sweep id is made when the sweep starts and reaches its jobs through the environment
+  (``RSST_SWEEP_ID``: local jobs inherit it, Slurm exports it), so two sweeps sharing one
+  ``hydra.sweep.dir`` keep their failures apart;
 - after the sweep, the failures are listed one line each and the sweep exits with status 1.
 
 Hydra turns a callback's exceptions into warnings, so the callback ends the process itself
@@ -16,11 +19,15 @@ Hydra turns a callback's exceptions into warnings, so the callback ends the proc
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
+import os
+import secrets
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,7 @@ from rsst.folder.atomic import atomic_write_json
 log = logging.getLogger("rsst")
 
 FAILED_DIR = ".failed"
+SWEEP_ID_VAR = "RSST_SWEEP_ID"
 
 
 def stop(message: str, status: int) -> None:
@@ -47,14 +55,24 @@ def describe(overrides: Sequence[str]) -> str:
     return " ".join(overrides) or "(no overrides)"
 
 
+def new_sweep_id() -> str:
+    """Unique among the sweeps sharing a folder: start time, host process and a random part."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def failures_dir(sweep_dir: str | Path, sweep_id: str | None = None) -> Path:
+    """Where the sweep ``sweep_id`` (by default this process's, from ``RSST_SWEEP_ID``) keeps its failure records."""
+    return Path(sweep_dir) / FAILED_DIR / (sweep_id or os.environ.get(SWEEP_ID_VAR) or "unknown-sweep")
+
+
 def record_failure(sweep_dir: str | Path, job_num: int, overrides: Sequence[str], message: str) -> None:
-    """Called by a failing job: one line for the sweep's summary."""
+    """Called by a failing job: one line for its sweep's summary."""
     entry = {"job": job_num, "overrides": list(overrides), "error": message}
-    atomic_write_json(Path(sweep_dir) / FAILED_DIR / f"{job_num}.json", entry)
+    atomic_write_json(failures_dir(sweep_dir) / f"{job_num}.json", entry)
 
 
-def read_failures(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    folder = Path(sweep_dir) / FAILED_DIR
+def read_failures(sweep_dir: str | Path, sweep_id: str | None = None) -> list[dict[str, Any]]:
+    folder = failures_dir(sweep_dir, sweep_id)
     out = []
     for path in sorted(folder.glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1):
         try:
@@ -111,7 +129,8 @@ class SweepChecks(Callback):
     """Check a sweep's jobs before it starts; list its failed jobs and exit 1 after it ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        shutil.rmtree(Path(config.hydra.sweep.dir) / FAILED_DIR, ignore_errors=True)  # a rerun's fresh start
+        # this sweep's own id, inherited by its jobs: another sweep into the same folder has its own records
+        os.environ[SWEEP_ID_VAR] = new_sweep_id()
         jobs = job_overrides(config)
         if jobs is None:
             log.warning("this sweep's jobs are chosen as it runs: each is checked when it starts")
@@ -133,6 +152,9 @@ class SweepChecks(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failures = read_failures(config.hydra.sweep.dir)
+        shutil.rmtree(failures_dir(config.hydra.sweep.dir), ignore_errors=True)  # read: the summary below has them
+        with contextlib.suppress(OSError):  # and .failed itself once no sweep has records in it
+            (Path(config.hydra.sweep.dir) / FAILED_DIR).rmdir()
         if failures:
             jobs = job_overrides(config)
             total = len(jobs) if jobs is not None else "?"
