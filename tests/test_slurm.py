@@ -80,6 +80,19 @@ def test_a_2x2_grid_on_slurm_finishes_and_reports_four_rows(slurm_env, tmp_path)
     assert result["markdown"].count("\n") == 2 + 4 - 1
 
 
+def test_a_job_failing_on_the_cluster_is_listed_by_its_own_sweep(slurm_env, tmp_path):
+    """The job writes its failure under the sweep's id, which reaches it through the environment sbatch exports."""
+    sweep_dir = tmp_path / "grid"
+    args = ("struct=imp", "prune.rounds=2", "train.epochs=1", "arch.width=8,100000")  # the wide one fails to allocate
+    proc = sweep(slurm_env, sweep_dir, *args, wait=False)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out[-4000:]
+    assert "1 of 2 jobs failed" in out, out[-4000:]
+    summary = [line for line in out.splitlines() if line.startswith("  #")]
+    assert len(summary) == 1 and summary[0].startswith("  #1 ") and "arch.width=100000" in summary[0], summary
+    assert [len(read_rounds(d)) for d in run_dirs(sweep_dir) if (d / "rounds.json").is_file()] == [2]
+
+
 def epochs_done(run_dir_parent: Path) -> int:
     for metrics in run_dir_parent.glob("*/metrics.csv"):
         return max(0, len(metrics.read_text().strip().splitlines()) - 1)
