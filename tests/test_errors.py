@@ -80,6 +80,12 @@ def test_the_errors_module_imports_nothing_heavy():
 
 
 @pytest.mark.slow
+def test_the_run_folders_lock_and_layout_import_neither_torch_nor_hydra():
+    loaded = imports_after("rsst.folder.lock") | imports_after("rsst.folder.layout")
+    assert not {"torch", "hydra", "submitit", "tqdm"} & loaded  # omegaconf only: rsst registers its resolvers
+
+
+@pytest.mark.slow
 def test_a_model_file_does_not_import_the_config_layer():
     assert "rsst.config.checks" not in imports_after("rsst.models.prunable")
 

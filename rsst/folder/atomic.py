@@ -19,8 +19,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rsst.errors import RsstError
 from rsst.folder.layout import temp_name
 
@@ -109,6 +107,8 @@ def _atomic_write(path: str | Path, data: bytes) -> None:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to memory, then an atomic write: a full disk is an error naming ``path``."""
+    import torch  # noqa: PLC0415  (torch only where a tensor file is written: the lock and the layout need none)
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     _atomic_write(path, buf.getvalue())
