@@ -1,4 +1,4 @@
-"""Masks and global magnitude pruning (DESIGN section 4, first step of every round)."""
+"""Masks and global magnitude pruning (docs/algorithms.md, section 1: the first step of every round)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Refill and RSST in the round loop (DESIGN section 4): which mask each round trains with, the penalty, records."""
+"""Refill and RSST in the round loop (docs/algorithms.md, sections 1, 2, 4): the mask each round trains, the penalty."""
 
 from __future__ import annotations
 

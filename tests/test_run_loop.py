@@ -1,4 +1,4 @@
-"""The round loop of DESIGN section 4: rewinding, theta_0, mask storage, round records."""
+"""The round loop of docs/algorithms.md, section 1: rewinding, theta_0, mask storage, round records."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``run(cfg)``: the single run function, and the run as a whole (DESIGN section 4).
+"""``run(cfg)``: the single run function, and the run as a whole (docs/algorithms.md, section 1).
 
 Everything is checked and built before the run folder is touched, and the folder is judged to be
 this run's (:func:`rsst.folder.repair.judge`, reading only) before anything in it is created, removed
