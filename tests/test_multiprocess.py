@@ -13,9 +13,11 @@ Two shared sets of runs (trained once per test worker):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -225,10 +227,15 @@ def test_a_stalled_rank_ends_the_run_within_its_timeout_with_one_line_naming_it(
                 stopped_at = time.monotonic()
             if "closing signal" in text or "exitcode" in text or time.monotonic() - started > 240:
                 break
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun, and the stopped rank with it
+    finally:  # torchrun's SIGTERM waits on a stopped process: end the stalled rank, then torchrun
+        stalled = [int(pid) for pid in re.findall(r"Sending process (\d+) closing signal", "".join(out))]
+        for pid in stalled:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     log = "".join(out)
+    assert len(stalled) == 1, log[-3000:]  # torchrun was ending rank 1 alone: rank 0 had exited
     assert [ln for ln in log.splitlines() if "collective_timeout_s" in ln] == [line], log[-3000:]
     # no frame of the project's code: the only traceback is torchrun's own report that a child failed
     assert f'File "{ROOT / "rsst"}' not in log and 'launch.py", line' not in log, log[-3000:]
