@@ -444,3 +444,14 @@ def test_a_data_module_built_in_python_refuses_a_wrong_key_or_value_in_one_line(
         Digits(val_size=0)
     with pytest.raises(ValueError, match=r"^dataset.std=\[0.3, 0.0, 0.3\] is invalid: expected a list of numbers > 0"):
         Cifar10(root=str(tmp_path), std=(0.3, 0.0, 0.3))
+
+
+def test_the_digits_are_read_from_scikit_learns_file_exactly_as_load_digits_gives_them():
+    from sklearn.datasets import load_digits
+
+    from rsst.data.digits import digits_arrays
+
+    images, target = digits_arrays()
+    bunch = load_digits()
+    assert images.shape == (1797, 8, 8) and images.dtype == bunch.images.dtype
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
