@@ -24,6 +24,8 @@ second thread, and a second thread slows down badly on a shared machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -185,11 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     sweep_seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"the sweep failed (launch.py exit {proc.returncode}); its log is above")
-    report = subprocess.run(
-        [sys.executable, "-m", "rsst.report", str(out)], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    if report.returncode != 0:
-        raise SystemExit(f"rsst.report failed (exit {report.returncode}): {report.stderr.strip()}")
+    from rsst.commands.report import main as report_main  # in this process: no second start-up
+
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        code = report_main([str(out)])
+    if code != 0:
+        raise SystemExit(f"rsst.report failed (exit {code}): {errors.getvalue().strip()}")
     wall = time.perf_counter() - start
 
     summary = summarise(read_runs(out))
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(wall, 1),
     }
     (out / "pattern.json").write_text(json.dumps({"summary": summary, "settings": settings}, indent=2) + "\n")
-    print(report.stdout.strip())
+    print(printed.getvalue().strip())
     print()
     print(pattern_table(summary))
     print()

@@ -38,6 +38,8 @@ with ``schedule.period=epoch`` or another ``reg_granularity_prune``. Extra argum
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -398,12 +400,15 @@ def removed_table(runs: list[dict[str, Any]], ablations: list[str]) -> tuple[lis
     return rows, "\n".join(lines)
 
 
-def run_quiet(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+def export_sparsest(runs: list[dict[str, Any]], ablations: list[str], threads: int, repeats: int) -> dict:
+    """``rsst.export`` of the sparsest finished round of the first seed's Refill and RSST runs.
 
+    Run in this process with ``threads`` torch threads, the number the study trains with, so that
+    the latencies are those of the training setting on any machine.
+    """
+    import torch
 
-def export_sparsest(runs: list[dict[str, Any]], ablations: list[str], env: dict[str, str], repeats: int) -> dict:
-    """``rsst.export`` of the sparsest finished round of the first seed's Refill and RSST runs."""
+    torch.set_num_threads(threads)
     out: dict[str, Any] = {}
     for method in ("refill", "rsst"):
         candidates = [r for r in runs if method_of(r, ablations) == method]
@@ -413,23 +418,14 @@ def export_sparsest(runs: list[dict[str, Any]], ablations: list[str], env: dict[
         rnd = max((row["round"] for row in run["rows"] if row.get("branch") is None), default=0)
         if rnd == 0:
             continue
-        proc = run_quiet(
-            [
-                sys.executable,
-                "-m",
-                "rsst.export",
-                str(run["dir"]),
-                "--round",
-                str(rnd),
-                "--device",
-                "cpu",
-                "--repeats",
-                str(repeats),
-            ],
-            env,
-        )
-        if proc.returncode != 0:
-            raise SystemExit(f"rsst.export failed for {run['dir']} (exit {proc.returncode}): {proc.stderr.strip()}")
+        from rsst.commands.export import main as export_main  # in this process: no second start-up
+
+        argv = [str(run["dir"]), "--round", str(rnd), "--device", "cpu", "--repeats", str(repeats)]
+        errors = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+            code = export_main(argv)
+        if code != 0:
+            raise SystemExit(f"rsst.export failed for {run['dir']} (exit {code}): {errors.getvalue().strip()}")
         result = json.loads((run["dir"] / f"export_round_{rnd}.json").read_text())
         out[method] = {
             "run_dir": str(run["dir"]),
@@ -550,15 +546,16 @@ def main(argv: list[str] | None = None) -> int:
     attach_sizes(summary, *dense_size(env, args.quick))
     ticket = paired(runs, "rsst", "refill", "test_acc", "test_acc", args.ablation)
     trained = paired(runs, "rsst", "refill", "trained_test_acc", "test_acc", args.ablation)
-    exports = export_sparsest(runs, args.ablation, env, args.repeats)
+    exports = export_sparsest(runs, args.ablation, int(env["OMP_NUM_THREADS"]), args.repeats)
     compute = sum(row.get("seconds", 0.0) for run in runs for row in run["rows"])
     removed, removed_md = removed_table(runs, args.ablation)
+    from rsst.commands.report import report  # in this process, as the export
+
     for x in ("channel_density", "macs"):
-        rep = run_quiet(
-            [sys.executable, "-m", "rsst.report", str(out), "--x", x, "--out", str(out / f"report_{x}")], env
-        )
-        if rep.returncode != 0:
-            raise SystemExit(f"rsst.report failed (exit {rep.returncode}): {rep.stderr.strip()}")
+        try:
+            report(out, out / f"report_{x}", x=x)
+        except Exception as exc:  # any failure of the report ends the study with its reason
+            raise SystemExit(f"rsst.report --x {x} failed: {type(exc).__name__}: {exc}") from exc
     ablated = {name: paired(runs, ablation_label(name), "refill", "test_acc", "test_acc", args.ablation)
                for name in args.ablation}  # fmt: skip
     verdict = {
