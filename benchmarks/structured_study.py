@@ -68,39 +68,25 @@ METHOD = [
     "prune.rate=0.2",
     "prune.rewind=init",
 ]
-# The budget: 20,000 training images (of the 45,000), the full 5,000 val and 10,000 test images,
+# One recipe for every budget: SGD at lr 0.1 with momentum 0.9 and weight decay 5e-4, no warmup, the lr cut 10x
+# at the milestones, bf16 (explicit, so the run folders do not depend on what `auto` picks on a machine).
+RECIPE = [
+    "train.batch_size=128",
+    "train.amp=bf16",
+    "optimizer=sgd",
+    "optimizer.lr=0.1",
+    "optimizer.momentum=0.9",
+    "optimizer.weight_decay=5e-4",
+    "lr_schedule.warmup_epochs=0",
+    "lr_schedule.gamma=0.1",
+]
+# The CPU budget: 20,000 training images (of the 45,000), the full 5,000 val and 10,000 test images,
 # 5 pruned rounds (0.8^5 = 32.8% of the weights), 8 epochs per round with the lr cut at 4 and 6.
-# Explicit bf16 autocast, so the run folders do not depend on what `auto` picks on a machine.
-BUDGET = [
-    "prune.rounds=6",
-    "dataset.train_subset=20000",
-    "train.epochs=8",
-    "train.batch_size=128",
-    "train.amp=bf16",
-    "optimizer=sgd",
-    "optimizer.lr=0.1",
-    "optimizer.momentum=0.9",
-    "optimizer.weight_decay=5e-4",
-    "lr_schedule.warmup_epochs=0",
-    "lr_schedule.milestones=[4,6]",
-    "lr_schedule.gamma=0.1",
-]
+BUDGET = ["prune.rounds=6", "dataset.train_subset=20000", "train.epochs=8", "lr_schedule.milestones=[4,6]", *RECIPE]
 # The GPU budget (--budget gpu): every training image (45,000, and the 5,000 val), 6 rounds of 20 epochs with
-# the lr cut at 10 and 15; the rest as on the CPU. Meant for one GPU with --jobs 4 (ResNet-20 leaves most of it
-# idle, so four sweeps at once): about 5 s an epoch each on an H100-class GPU, so roughly 1.5 h for the study.
-BUDGET_GPU = [
-    "prune.rounds=6",
-    "train.epochs=20",
-    "train.batch_size=128",
-    "train.amp=bf16",
-    "optimizer=sgd",
-    "optimizer.lr=0.1",
-    "optimizer.momentum=0.9",
-    "optimizer.weight_decay=5e-4",
-    "lr_schedule.warmup_epochs=0",
-    "lr_schedule.milestones=[10,15]",
-    "lr_schedule.gamma=0.1",
-]
+# the lr cut at 10 and 15. Meant for one GPU with --jobs 4 (ResNet-20 leaves most of it idle, so four sweeps at
+# once): about 5 s an epoch each on an H100-class GPU, so roughly 1.5 h for the study.
+BUDGET_GPU = ["prune.rounds=6", "train.epochs=20", "lr_schedule.milestones=[10,15]", *RECIPE]
 BUDGETS = {"cpu": BUDGET, "gpu": BUDGET_GPU}
 QUICK = [
     "prune.rounds=3",
@@ -360,12 +346,12 @@ def removed_channels(run_dir: Path, round_: int) -> dict[str, float] | None:
         bn = name.replace(".conv", ".bn").removesuffix(".weight")
         if ".conv" not in name or f"{bn}.running_var" not in weights or mask.dim() != 4:
             continue
-        alive = lambda m: m.flatten(1).any(1)  # noqa: E731  (a row of the mask: one output channel)
-        cut = alive(before[name]) & ~alive(mask)
+        alive = mask.flatten(1).any(1)  # a row of the mask: one output channel
+        cut = before[name].flatten(1).any(1) & ~alive
         var, gamma = weights[f"{bn}.running_var"].float(), weights[f"{bn}.weight"].float().abs()
         cut_var += var[cut].tolist()
         cut_gamma += gamma[cut].tolist()
-        kept_var += var[alive(mask)].tolist()
+        kept_var += var[alive].tolist()
     if not cut_var:
         return None
     return {

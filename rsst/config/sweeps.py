@@ -60,9 +60,9 @@ def new_sweep_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def failures_dir(sweep_dir: str | Path, sweep_id: str | None = None) -> Path:
-    """Where the sweep ``sweep_id`` (by default this process's, from ``RSST_SWEEP_ID``) keeps its failure records."""
-    return Path(sweep_dir) / FAILED_DIR / (sweep_id or os.environ.get(SWEEP_ID_VAR) or "unknown-sweep")
+def failures_dir(sweep_dir: str | Path) -> Path:
+    """Where this process's sweep (``RSST_SWEEP_ID``) keeps its failure records."""
+    return Path(sweep_dir) / FAILED_DIR / (os.environ.get(SWEEP_ID_VAR) or "unknown-sweep")
 
 
 def record_failure(sweep_dir: str | Path, job_num: int, overrides: Sequence[str], message: str) -> None:
@@ -71,8 +71,8 @@ def record_failure(sweep_dir: str | Path, job_num: int, overrides: Sequence[str]
     atomic_write_json(failures_dir(sweep_dir) / f"{job_num}.json", entry)
 
 
-def read_failures(sweep_dir: str | Path, sweep_id: str | None = None) -> list[dict[str, Any]]:
-    folder = failures_dir(sweep_dir, sweep_id)
+def read_failures(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    folder = failures_dir(sweep_dir)
     out = []
     for path in sorted(folder.glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1):
         try:
