@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import FAST, FINISHED_ARGS, compose_config, launch
 from omegaconf import DictConfig
@@ -89,9 +90,13 @@ _popen_init = subprocess.Popen.__init__
 _run_epoch = RoundLoop.run_epoch
 
 
-def _guarded_popen_init(self, args, *rest, **kwargs):
+def _guard_start(args) -> None:
     if _unit_test is not None and _starts_python(args):
         _refuse(f"starts {args if isinstance(args, str) else ' '.join(map(str, args))[:200]}", "slow")
+
+
+def _guarded_popen_init(self, args, *rest, **kwargs):
+    _guard_start(args)
     _popen_init(self, args, *rest, **kwargs)
 
 
@@ -103,11 +108,13 @@ def _guarded_run_epoch(self, *args, **kwargs):
 
 def pytest_configure(config: pytest.Config) -> None:
     subprocess.Popen.__init__ = _guarded_popen_init
+    helpers.ON_START.append(_guard_start)  # launch's children of the fork server start without Popen
     RoundLoop.run_epoch = _guarded_run_epoch
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     subprocess.Popen.__init__ = _popen_init
+    helpers.ON_START.remove(_guard_start)
     RoundLoop.run_epoch = _run_epoch
 
 

@@ -1,15 +1,18 @@
-"""Test helpers: compose the real configs, and run the real entry point as a subprocess."""
+"""Test helpers: compose the real configs, and run the real entry point in a process of its own."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from zygote import Zygote
 
 from rsst.config.location import conf_dir
 
@@ -34,12 +37,37 @@ def option_node(group: str, option: str) -> DictConfig:
     return compose_config([f"{group}={option}"])[group]
 
 
+# Called with the argv of every process ``python`` starts (conftest.py's unit-tier guard).
+ON_START: list[Callable[[list[str]], None]] = []
+_server: Zygote | None = None
+
+
+def python(
+    *argv: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``python ARGV`` (``SCRIPT ARGS`` or ``-m MODULE ARGS``) run to its end, its output captured as text.
+
+    ``env`` is the process's whole environment (default: this one's). The process is a child of this test
+    process's fork server (``zygote.py``), which has imported torch and Hydra already, unless ``env`` changes a
+    variable those read at import; then it is a plain subprocess.
+    """
+    global _server
+    env = dict(os.environ if env is None else env)
+    command = [sys.executable, *argv]
+    for hook in ON_START:
+        hook(command)
+    if _server is None:
+        _server = Zygote({**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"})
+        atexit.register(_server.close)
+    if Zygote.serves(list(argv)) and _server.usable_for(env):
+        return _server.run(list(argv), cwd, env, timeout)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def launch(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python launch.py ARGS`` from the repository root and capture its output (``env``: extra variables)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "launch.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return python("launch.py", *args, env=env, timeout=timeout)
 
 
 def only_run_dir(root: Path) -> Path:

@@ -6,11 +6,9 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from helpers import ROOT, compose_config
+from helpers import ROOT, compose_config, python
 from omegaconf import OmegaConf
 
 from rsst.config.checks import validate_config
@@ -48,17 +46,14 @@ RATIOS = {
 }
 
 
+def bench(*argv: str, timeout: float = 300):
+    """``python ARGV`` from the repository root with the checkout on the path, as the scripts' docs run them."""
+    return python(*argv, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout)
+
+
 @pytest.mark.slow
 def test_quick_mode_prints_one_json_line_per_loop_and_precision_and_the_ratios():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/train_speed.py", "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = bench("benchmarks/train_speed.py", "--quick")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     rows, last = lines[:-1], lines[-1]
@@ -101,14 +96,7 @@ def test_quick_mode_prints_one_json_line_per_loop_and_precision_and_the_ratios()
 )
 @pytest.mark.slow
 def test_an_unknown_choice_is_refused_with_the_choices(args, message):
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/train_speed.py", "--quick", *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = bench("benchmarks/train_speed.py", "--quick", *args, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr
 
@@ -146,14 +134,7 @@ def test_the_parity_summary_calls_a_difference_within_the_spread_only_up_to_the_
 @pytest.mark.slow
 @pytest.mark.skipif(not SYSTEM_ROOT.is_dir(), reason=f"{SYSTEM_ROOT} absent: apt-get install dataset-fashion-mnist")
 def test_parity_quick_mode_trains_both_precisions_on_fashion_mnist_and_prints_the_table(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/bf16_parity.py", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = bench("benchmarks/bf16_parity.py", "--quick", "--out", str(tmp_path), timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     runs, last = lines[:-1], lines[-1]
@@ -224,14 +205,7 @@ def test_replication_quick_mode_writes_the_report_with_both_controls_beside_the_
         extra = [f"dataset.root={tmp_path / 'fashion'}", "dataset.train_size=50", "dataset.val_size=10"]
         extra.append("dataset.test_size=20")
     out = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/lth_replication.py", "--quick", "--out", str(out), *extra],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = bench("benchmarks/lth_replication.py", "--quick", "--out", str(out), *extra, timeout=120)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     assert all((out / name).stat().st_size > 0 for name in ("report.md", "report.png", "report.csv"))
     with open(out / "report.csv") as f:
@@ -323,16 +297,9 @@ def test_structured_study_quick_mode_runs_all_three_methods_on_files_in_the_cifa
     write_cifar(tmp_path / "data", per_file=40, test=60)
     sizes = ["dataset.train_size=160", "dataset.val_size=40", "dataset.test_size=60"]
     out = tmp_path / "study"
-    cmd = [sys.executable, "benchmarks/structured_study.py", "--quick", "--out", str(out), "--repeats", "1"]
+    cmd = ["benchmarks/structured_study.py", "--quick", "--out", str(out), "--repeats", "1"]
     cmd += ["--controls", "reinit", "--jobs", "2"]  # two sweeps at a time, into one folder
-    proc = subprocess.run(
-        [*cmd, f"dataset.root={tmp_path / 'data'}", *sizes],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = bench(*cmd, f"dataset.root={tmp_path / 'data'}", *sizes)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     result = json.loads((out / "study.json").read_text())
     methods = result["summary"]["methods"]
@@ -365,10 +332,7 @@ def test_structured_study_quick_mode_runs_all_three_methods_on_files_in_the_cifa
     assert "Does RSST beat Refill here?" in (out / "study.md").read_text()
     # a rerun resumes: every run is finished, so nothing trains and nothing changes (seed 1's sweeps rerun, to save
     # time; the summary still reads every run under --out)
-    again = subprocess.run(
-        [*cmd, "--seeds", "1", f"dataset.root={tmp_path / 'data'}", *sizes],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    again = bench(*cmd, "--seeds", "1", f"dataset.root={tmp_path / 'data'}", *sizes)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "new run in" not in again.stderr and "epoch 1/1" not in again.stderr
     assert json.loads((out / "study.json").read_text())["summary"] == result["summary"]

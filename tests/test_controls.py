@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, ROOT, compose_config, launch, read_rounds
+from helpers import FAST, compose_config, launch, python, read_rounds
 from hydra.utils import instantiate
 
 from rsst.loop.run import RoundLoop, epoch_seed, resolve_precision
@@ -164,8 +162,7 @@ def test_each_row_reports_the_first_best_validation_epoch_of_its_network(control
 def test_a_run_killed_during_a_control_resumes_to_the_same_files(controlled, tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "RSST_KILL_AT": "epoch_saved:1:reinit:0", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "launch.py", *CONTROLLED, f"paths.run_dir={run_dir}"]
-    killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True)
+    killed = python("launch.py", *CONTROLLED, f"paths.run_dir={run_dir}", env=env)
     assert killed.returncode == -9
     assert [r.get("branch") for r in read_rounds(run_dir)] == [None, None]
     resumed = launch(*CONTROLLED, f"paths.run_dir={run_dir}")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONF, FAST, ROOT, launch, only_run_dir, option_node
+from helpers import CONF, FAST, launch, only_run_dir, option_node, python
 from hydra.utils import instantiate
 from torch import nn
 
@@ -184,9 +183,7 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def _export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rsst.export", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    return python("-m", "rsst.export", *args)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import CONF, ROOT
+from helpers import CONF, ROOT, python
 
 # What a wheel is built from (the copy keeps build/ and egg-info out of the checkout).
 SOURCES = ("pyproject.toml", "README.md", "rsst", "conf")
@@ -72,10 +72,8 @@ class Installed:
         }
 
     def python(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        """The test's interpreter (it has the dependencies), with only the installed copy of rsst on its path."""
-        return subprocess.run(
-            [sys.executable, *args], cwd=self.work, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
+        """The test's interpreter (it has the dependencies), with the installed copy of rsst first on its path."""
+        return python(*args, cwd=self.work, env=self.env, timeout=timeout)
 
     def script(self, name: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         """A console script pip wrote for the wheel (``<site>/bin/<name>``), run by the test's interpreter."""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, ROOT, only_run_dir, read_rounds
+from helpers import FAST, ROOT, only_run_dir, python, read_rounds
 
 pytestmark = pytest.mark.slow  # conftest.py sends the tests of each shared set of runs to one worker
 
@@ -50,9 +50,9 @@ def start(
     env |= {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(extra_env or {})}
     if kill_at:
         env["RSST_KILL_AT"] = kill_at
-    prefix = [sys.executable]
-    if processes > 1:
-        prefix += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    if processes == 1:
+        return python("launch.py", *args, f"paths.root={root}", env=env, timeout=600)
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     cmd = [*prefix, "launch.py", *args, f"paths.root={root}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 

@@ -6,14 +6,12 @@ import json
 import os
 import platform
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import FAST, ROOT, launch, only_run_dir, read_rounds
+from helpers import FAST, launch, only_run_dir, python, read_rounds
 
 from rsst.loop.steps import train_epoch
 from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune
@@ -236,9 +234,8 @@ def test_a_bf16_run_killed_mid_round_resumes_to_the_same_files(tmp_path):
     assert launch(*args, f"paths.root={straight}").returncode == 0
     reference = only_run_dir(straight)
 
-    cmd = [sys.executable, "launch.py", *args, f"paths.root={killed}"]
     env = {**os.environ, "RSST_KILL_AT": "epoch_saved:1:ticket:0"}  # SIGKILL after round 1's first epoch
-    assert subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True).returncode == -signal.SIGKILL
+    assert python("launch.py", *args, f"paths.root={killed}", env=env).returncode == -signal.SIGKILL
     run_dir = only_run_dir(killed)
     assert len(torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch_rows"]) == 3
     assert run_dir.name == reference.name

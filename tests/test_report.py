@@ -8,11 +8,10 @@ import csv
 import json
 import statistics
 import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import FAST, ROOT, launch, only_run_dir
+from helpers import FAST, launch, only_run_dir, python
 from PIL import Image
 from report_runs import controls_override, remaining, rows, write_run
 
@@ -41,9 +40,7 @@ def sweep(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rsst.report", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    return python("-m", "rsst.report", *map(str, args), timeout=120)
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:

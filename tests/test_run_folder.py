@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import FAST, FINISHED_ARGS, ROOT, compose_config, launch, read_rounds
+from helpers import FAST, FINISHED_ARGS, ROOT, compose_config, launch, python, read_rounds
 from omegaconf import OmegaConf
 
 from rsst import run
@@ -74,9 +74,7 @@ def one_error_line(proc: subprocess.CompletedProcess, needle: str) -> str:
 def test_a_kill_between_the_final_checkpoint_and_rounds_json_is_repaired_by_the_rerun(finished, tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "RSST_KILL_AT": "round_saved:2", "WANDB_MODE": "offline"}
-    proc = subprocess.run(
-        [sys.executable, "launch.py", *ARGS, f"paths.run_dir={run_dir}"], cwd=ROOT, env=env, capture_output=True
-    )
+    proc = python("launch.py", *ARGS, f"paths.run_dir={run_dir}", env=env)
     assert proc.returncode == -9  # killed by the kill point, after checkpoint.pt recorded round 2
     assert len(read_rounds(run_dir)) == 2  # the crash window: rounds.json one row short
 
@@ -128,12 +126,15 @@ def test_a_ticket_file_the_checkpoint_cannot_rebuild_is_named_in_a_warning(finis
 def test_a_second_process_on_the_same_folder_stops_at_once_naming_the_holder(tmp_path):
     run_dir = tmp_path / "run"
     long_run = [*FAST, "struct=imp", "prune.rounds=1", "train.epochs=200", f"paths.run_dir={run_dir}"]
-    holder = subprocess.Popen([sys.executable, "launch.py", *long_run], cwd=ROOT, stdout=subprocess.DEVNULL)
+    # The holder stops itself (SIGSTOP, a kill point) once its first epoch is saved: it holds the lock mid-run
+    # for as long as the test needs, without training beside the second processes.
+    env = {**os.environ, "RSST_KILL_AT": "epoch_saved:0:ticket:0", "RSST_KILL_SIGNAL": "STOP"}
+    holder = subprocess.Popen([sys.executable, "launch.py", *long_run], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
-            time.sleep(0.1)
-        assert holder.poll() is None, "the first run ended before the second started"
+        while time.time() < deadline and holder.poll() is None and process_state(holder.pid) != "T":
+            time.sleep(0.05)
+        assert process_state(holder.pid) == "T", "the first run did not reach its first saved epoch"
         for second in (long_run, [*long_run, "seed=1"]):  # the same config, and another config
             line = one_error_line(launch(*second), f"{run_dir} is in use by another run")
             assert f"pid {holder.pid}, started 20" in line and "host " in line, line
@@ -142,6 +143,11 @@ def test_a_second_process_on_the_same_folder_stops_at_once_naming_the_holder(tmp
     finally:
         holder.kill()
         holder.wait()
+
+
+def process_state(pid: int) -> str:
+    """The state letter of ``/proc/PID/stat`` (``T``: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 @pytest.mark.slow
