@@ -124,43 +124,55 @@ def start_requeued_job_now(job: str, env: dict, proc: subprocess.Popen, timeout:
     raise AssertionError(f"job {job} was not requeued within {timeout}s")
 
 
-# 15 epochs; hit after 4. Width 32 (not FAST's 8): the 11 epochs left must outlast the requeue on a fast CPU
-# (submitit bypasses the SIGTERM of a requeue; the kill comes KillWait = 2 s later), about 10 s here
-PREEMPT_ARGS = ["struct=imp", "prune.rounds=5", "train.epochs=3", "seed=3", "arch.width=32"]
+# 18 epochs: SIGUSR2 after 4, a requeue after 9 more. Width 32 (not FAST's 8): the 9 epochs left must outlast the
+# requeue on a fast CPU (submitit bypasses the SIGTERM of a requeue; the kill comes KillWait = 2 s later)
+PREEMPT_ARGS = ["struct=imp", "prune.rounds=6", "train.epochs=3", "seed=3", "arch.width=32"]
+EPOCHS = 18
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(slurm_env, tmp_path_factory):
-    """rounds.json of the job below when nothing interrupts it (one Slurm job, shared by the cases)."""
+    """rounds.json of the job below when nothing interrupts it (one Slurm job)."""
     straight = tmp_path_factory.mktemp("straight")
     sweep(slurm_env, straight, *PREEMPT_ARGS)
     return read_rounds(run_dirs(straight)[0])
 
 
-@pytest.mark.parametrize("interrupt", ["usr2", "requeue"])
-def test_a_preempted_job_resumes_to_the_same_rounds_json(slurm_env, uninterrupted, tmp_path, interrupt):
+def wait_for_epochs(hit: Path, proc: subprocess.Popen, count: int, resumes: int) -> None:
+    """Until ``count`` epochs are in metrics.csv and the job has resumed ``resumes`` times (it is running)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        logs = list(hit.glob("*/run.log"))
+        if epochs_done(hit) >= count and logs and logs[0].read_text().count("resuming") >= resumes:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the job finished or stalled before epoch {count} (exit {proc.poll()})")
+
+
+def test_a_job_preempted_by_usr2_and_then_requeued_resumes_to_the_same_rounds_json(slurm_env, uninterrupted, tmp_path):
+    """Both ways a cluster interrupts a job, one after the other in one job: the uninterrupted job's rounds."""
     hit = tmp_path / "hit"
     proc = sweep(slurm_env, hit, *PREEMPT_ARGS, wait=False)
-    deadline = time.time() + 300
-    while epochs_done(hit) < 4 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None and epochs_done(hit) >= 4, "the job finished or never started before the signal"
+    wait_for_epochs(hit, proc, 4, resumes=0)
     (job,) = job_ids(hit)
-    if interrupt == "usr2":  # what Slurm sends signal_delay_s before the time limit: checkpoint, then requeue
-        subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env, check=True)
-    else:  # an administrator's or a preemption's requeue: the job is killed and started again
-        subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
+    # what Slurm sends signal_delay_s before the time limit: the epoch finishes and is saved, then submitit requeues
+    subprocess.run(["scancel", "--signal=USR2", job], env=slurm_env, check=True)
+    start_requeued_job_now(job, slurm_env, proc)
+    wait_for_epochs(hit, proc, 9, resumes=1)
+    # an administrator's or a preemption's requeue: the job is killed mid-epoch and started again
+    subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
     start_requeued_job_now(job, slurm_env, proc)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     run_dir = run_dirs(hit)[0]
     log = (run_dir / "run.log").read_text()
-    assert "resuming" in log, log[-2000:]
-    if interrupt == "usr2":  # the signal waited for the epoch to finish and be saved
-        assert "received SIGUSR2" in log and "checkpoint saved; handing SIGUSR2 to the launcher" in log
+    assert log.count("resuming") == 2, log[-3000:]
+    before, between, _ = log.split("resuming")
+    assert "received SIGUSR2" in before and "checkpoint saved; handing SIGUSR2 to the launcher" in before
+    assert "SIGUSR2" not in between  # the requeue was a kill, not a signal the run saw
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(read_rounds(run_dir)) == strip(uninterrupted)
-    assert epochs_done(hit) == 15
+    assert epochs_done(hit) == EPOCHS
 
 
 def test_one_run_over_two_slurm_tasks_trains_as_one_process_group(slurm_env, tmp_path):
