@@ -9,9 +9,11 @@ a real user file beside the run's, a real learning rate that diverges, a real SI
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -29,7 +31,7 @@ from rsst import run
 from rsst.commands.export import main as export_main
 from rsst.commands.report import find_runs, group_runs, report
 from rsst.errors import RsstError
-from rsst.folder.atomic import RunIOError, atomic_write_json
+from rsst.folder.atomic import RunIOError, atomic_torch_save, atomic_write_json
 from rsst.folder.layout import RunFiles, printable, temp_name, temp_target
 from rsst.folder.lock import RunLock
 from rsst.folder.naming import RunFolderError
@@ -97,6 +99,17 @@ def test_an_atomic_write_replaces_a_link_and_leaves_its_target_alone(tmp_path):
     assert target.read_bytes() == OUTSIDE
     assert not link.is_symlink() and json.loads(link.read_text()) == [{"round": 0}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "rounds.json"]  # no temporary left
+
+
+def test_a_tensor_file_is_streamed_to_torch_saves_bytes_and_a_failed_save_leaves_no_temporary(tmp_path):
+    obj = {"weight": torch.arange(12.0).reshape(3, 4), "masks": {"a": torch.ones(5, dtype=torch.bool)}, "round": 2}
+    expected = io.BytesIO()
+    torch.save(obj, expected)
+    atomic_torch_save(obj, tmp_path / "checkpoint.pt")
+    assert (tmp_path / "checkpoint.pt").read_bytes() == expected.getvalue()
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        atomic_torch_save({"fn": lambda: 0}, tmp_path / "other.pt")  # not picklable: torch.save's own error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary, no partial file
 
 
 def test_temporary_names_carry_a_mark_no_user_file_has(tmp_path):

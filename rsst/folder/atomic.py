@@ -12,12 +12,12 @@ operating system said (read-only, no space left, over the file-size limit), neve
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rsst.errors import RsstError
 from rsst.folder.layout import temp_name
@@ -84,14 +84,15 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
 
 
-def _atomic_write(path: str | Path, data: bytes) -> None:
+def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """``write(f)`` into a temporary file beside ``path``, synced, then renamed over ``path``."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temporary(path)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -105,21 +106,47 @@ def _atomic_write(path: str | Path, data: bytes) -> None:
         raise
 
 
+class _KeepsWriteError:
+    """The file ``torch.save`` writes to, keeping the ``OSError`` of a failed write: torch's zip writer
+    reports that failure as its own ``RuntimeError``, without the reason."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to memory, then an atomic write: a full disk is an error naming ``path``."""
+    """``torch.save`` streamed into the temporary file (no second copy of the file in memory), then renamed
+    over ``path``: a full disk is an error naming ``path`` and the reason."""
     import torch  # noqa: PLC0415  (torch only where a tensor file is written: the lock and the layout need none)
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    _atomic_write(path, buf.getvalue())
+    def save(f: IO[bytes]) -> None:
+        out = _KeepsWriteError(f)
+        try:
+            torch.save(obj, out)
+        except Exception as exc:
+            if out.error is None:
+                raise
+            raise out.error from exc
+
+    _atomic_write(path, save)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic_write(path, data)
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic_write(path, text.encode())
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
