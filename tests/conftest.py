@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -104,6 +105,13 @@ def _guarded_run_epoch(self, *args, **kwargs):
     if _unit_test is not None:
         _refuse("trains through the round loop (RoundLoop.run_epoch)", "train")
     return _run_epoch(self, *args, **kwargs)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # What the imports and the collection made lives as long as the session: frozen out of the cyclic
+    # collector's scans, so the tests that train in this process stop rescanning it (about 5% of their time).
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_configure(config: pytest.Config) -> None:
