@@ -124,7 +124,7 @@ def start_requeued_job_now(job: str, env: dict, proc: subprocess.Popen, timeout:
     raise AssertionError(f"job {job} was not requeued within {timeout}s")
 
 
-# 18 epochs: SIGUSR2 after 4, a requeue after 9 more. Width 32 (not FAST's 8): the 9 epochs left must outlast the
+# 18 epochs: SIGUSR2 after epoch 4, a requeue after epoch 9. Width 32 (not FAST's 8): the 9 epochs left must outlast the
 # requeue on a fast CPU (submitit bypasses the SIGTERM of a requeue; the kill comes KillWait = 2 s later)
 PREEMPT_ARGS = ["struct=imp", "prune.rounds=6", "train.epochs=3", "seed=3", "arch.width=32"]
 EPOCHS = 18
