@@ -56,9 +56,13 @@ def python(
     command = [sys.executable, *argv]
     for hook in ON_START:
         hook(command)
-    if _server is None:
-        _server = Zygote({**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"})
-        atexit.register(_server.close)
+    current = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    if _server is None or not _server.usable_for(current):  # first use, or this process's environment changed
+        if _server is None:
+            atexit.register(lambda: _server.close())
+        else:  # e.g. torch's compiler sets TORCHINDUCTOR_* here: a server from before would serve nothing now
+            _server.close()
+        _server = Zygote(current)
     if Zygote.serves(list(argv)) and _server.usable_for(env):
         return _server.run(list(argv), cwd, env, timeout)
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

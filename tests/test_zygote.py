@@ -67,3 +67,14 @@ def test_an_import_time_variable_that_differs_gets_a_fresh_interpreter(tmp_path)
     threads = "3" if os.environ.get("OMP_NUM_THREADS") != "3" else "4"
     fresh = json.loads(python(str(script), cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": threads}).stdout)
     assert fresh["parent"] == os.getpid()  # started by this test process, not forked by the server
+
+
+def test_after_this_processs_environment_changes_launches_are_still_served(tmp_path, monkeypatch):
+    import json
+
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    python(str(script), cwd=tmp_path)  # the server exists
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))  # as torch.compile does in-process
+    seen = json.loads(python(str(script), cwd=tmp_path).stdout)
+    assert seen["parent"] != os.getpid()  # a new server, started from the changed environment, forked it
