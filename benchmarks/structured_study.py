@@ -1,25 +1,30 @@
 """Study: does RSST beat Refill? Structured tickets of ResNet-20 on real CIFAR-10, against IMP.
 
     python benchmarks/structured_study.py --out ~/studies/structured dataset.root=DATA
-    python benchmarks/structured_study.py --quick --out DIR dataset.root=DIR  # smoke run (CI)
+    python benchmarks/structured_study.py --quick --out DIR      # smoke run on generated CIFAR-format files
     python benchmarks/structured_study.py --budget gpu --jobs 4 --out DIR dataset.root=DATA device=cuda  # a GPU
 
-Runs one ``launch.py -m`` sweep per seed over ``struct=refill,rsst,imp`` with the seed project's
-settings (criterion ``l1``, schedule ``exp_custom_exponents`` with g = 1 and n = 4,
-``fillback_rate`` 0, rate 0.2 per round, rewind to init) and one shared budget for every method
-(:data:`BUDGET`: the same data subset, rounds, epochs, optimiser, lr schedule and seeds). Every run
-resumes: rerunning the same command continues where it stopped, and finished runs are read without
-training. Then, for the sparsest round, it exports the Refill and RSST tickets of the first seed
+The second edition's arms, each for seeds 1, 2 and 3: Refill; RSST as the original defines it (the
+schedule's period an epoch); RSST with ``struct.penalty_scope=channels`` (the intervention: the
+BatchNorm scale of the dropped channels penalised too); RSST with ``schedule.period=round`` (the first
+edition's RSST, now an ablation); IMP for reference; and the ``reinit`` control of Refill's and
+RSST's tickets. Each is a ``launch.py -m`` sweep with the seed project's settings (criterion ``l1``,
+schedule ``exp_custom_exponents`` with g = 1 and n = 4, ``fillback_rate`` 0, rate 0.2 per round,
+rewind to init) and one shared budget for every arm (:data:`BUDGET`: the same data subset, rounds,
+epochs, optimiser, lr schedule and seeds). Every run resumes: rerunning the same command continues
+where it stopped, and finished runs are read without training. Then, for the sparsest round, it
+exports the Refill and RSST tickets of the first seed
 (``rsst.export``: params, MACs and the batch-1 and batch-256 CPU latency against dense), draws the
 study with ``rsst.report`` (accuracy against channel density and against MACs), and writes:
 
-* ``OUT/study.json``: per round and method, mean ± std over seeds of the ticket's test accuracy
+* ``OUT/study.json``: per round and arm, mean ± std over seeds of the ticket's test accuracy
   (at its best-validation epoch), RSST's ``trained_test_acc`` (the denser ``M_r | R_r`` as trained,
-  what the original code reported), weight density, channel density, params, MACs and the
-  theoretical speed-up (dense MACs / ticket MACs); ``penalised_norm_start``/``_end`` of RSST;
-  the latency figures; what the channels cut at each run's last round still carried (their
-  BatchNorm's running variance and |gamma|, :func:`removed_channels`); the verdict; the budget,
-  the machine and the compute time;
+  what the original code reported) and the cut's cost (as trained minus ticket, paired by seed),
+  weight density, channel density, params, MACs and the theoretical speed-up (dense MACs / ticket
+  MACs); ``penalised_norm_start``/``_end`` (``|P_r|``) and, for the channel scope,
+  ``penalised_gamma_start``/``_end``; the latency figures; what the channels cut at every round
+  still carried (their BatchNorm's running variance and |gamma|, :func:`removed_channels`); the
+  verdicts; the budget, the machine and the compute time;
 * ``OUT/study.md``: the same as tables and the verdict in words.
 
 The verdict compares RSST with Refill per pruned round, paired by seed: the mean difference in
@@ -29,10 +34,17 @@ it is ahead beyond the spread at a majority of the pruned rounds, and the other 
 the answer is "no difference beyond the seed spread". It is given twice: for the tickets, and for
 RSST's network as trained against Refill's ticket.
 
-``--controls reinit`` trains the ``reinit`` control on every pruned Refill and RSST ticket (is a
-structured ticket a ticket?); ``--ablation period_epoch`` or ``--ablation g=0.1`` adds RSST runs
-with ``schedule.period=epoch`` or another ``reg_granularity_prune``. Extra arguments go to
-``launch.py`` as overrides. Training uses ``OMP_NUM_THREADS`` threads (2 unless set).
+The verdict is given for every RSST arm against Refill, and the intervention's question is answered
+from the cut's cost: does penalising the whole channel close it (:func:`intervention`)?
+
+``--controls`` (default ``reinit``) trains the control on every pruned Refill and RSST ticket (is a
+structured ticket a ticket?); ``--ablation`` (default ``channels`` and ``period_round``) names the
+extra RSST arms: ``channels``, ``period_round`` or ``g=<float>`` (another ``reg_granularity_prune``);
+``--ablation none`` runs none. Extra arguments go to ``launch.py`` as overrides. Training uses
+``OMP_NUM_THREADS`` threads (2 unless set; 1 per sweep with ``--jobs`` above 1).
+
+``--quick`` without a ``dataset.root`` override writes a tiny data set in CIFAR-10's on-disk format
+under ``OUT/smoke_data`` and runs on it, so the smoke run needs no download.
 """
 
 from __future__ import annotations
@@ -98,7 +110,10 @@ QUICK = [
     "train.amp=off",
     "criteria.batches=1",
 ]
-ABLATIONS = {"period_epoch": ["schedule.period=epoch"]}
+ABLATIONS = {"channels": ["struct.penalty_scope=channels"], "period_round": ["schedule.period=round"]}
+DEFAULT_ABLATIONS = ("channels", "period_round")
+# The smoke run's own data (--quick without dataset.root): 5 batches of 40 training images, 60 test images.
+SMOKE_SIZES = ["dataset.train_size=160", "dataset.val_size=40", "dataset.test_size=60"]
 
 
 def ablation_overrides(name: str) -> list[str]:
@@ -113,8 +128,35 @@ def ablation_overrides(name: str) -> list[str]:
 
 
 def ablation_label(name: str) -> str:
-    """The method label :func:`method_of` gives an ablation's runs: ``rsst period_epoch``, ``rsst g=0.1``."""
+    """The method label :func:`method_of` gives an ablation's runs: ``rsst channels``, ``rsst g=0.1``."""
     return f"rsst g={float(name[2:]):g}" if name.startswith("g=") else f"rsst {name}"
+
+
+def write_smoke_cifar(root: Path, per_file: int = 40, test: int = 60, seed: int = 0) -> Path:
+    """Random images in CIFAR-10's on-disk layout (``root/cifar-10-batches-py``), for the smoke run only."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    if (folder / "test_batch").is_file():
+        return root
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
+    for name in names:
+        n = test if name == "test_batch" else per_file
+        entry = {
+            "batch_label": name,
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, n).tolist(),
+            "filenames": [f"img_{i}.png" for i in range(n)],
+        }
+        tmp = folder / f".{name}.tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+        tmp.replace(folder / name)
+    return root
 
 
 def sweeps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -126,14 +168,14 @@ def sweeps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         return [*METHOD, *budget, f"seed={seed}", "progress=false", *args.overrides]
 
     structured = [controls] if controls else []
-    # Refill and RSST of every seed first (the study's question), then the IMP reference, then ablations.
-    out = [(f"seed {s}: refill, rsst", ["-m", "struct=refill,rsst", *common(s), *structured]) for s in args.seeds]
-    out += [(f"seed {s}: imp", ["-m", "struct=imp", *common(s)]) for s in args.seeds]
-    for name in args.ablation:
-        for s in args.seeds:
-            out.append(
-                (f"seed {s}: rsst {name}", ["-m", "struct=rsst", *common(s), *structured, *ablation_overrides(name)])
-            )
+    # Seed by seed, so that a study stopped part-way has whole seeds to pair: Refill and RSST (the study's
+    # question), the RSST ablations (without controls), then the IMP reference.
+    out = []
+    for s in args.seeds:
+        out.append((f"seed {s}: refill, rsst", ["-m", "struct=refill,rsst", *common(s), *structured]))
+        for name in args.ablation:
+            out.append((f"seed {s}: rsst {name}", ["-m", "struct=rsst", *common(s), *ablation_overrides(name)]))
+        out.append((f"seed {s}: imp", ["-m", "struct=imp", *common(s)]))
     return out
 
 
@@ -149,16 +191,24 @@ def read_runs(out: Path) -> list[dict[str, Any]]:
 
 
 def method_of(run: dict[str, Any], ablations: list[str]) -> str:
-    """``imp``, ``refill``, ``rsst`` or ``rsst <ablation>``, from the run's config."""
+    """``imp``, ``refill``, ``rsst`` (the original: period an epoch, penalty on the weights) or ``rsst <ablation>``.
+
+    Read from the run's config: ``rsst channels``, ``rsst period_round``, ``rsst g=0.1``; a run that
+    departs in several ways carries every label (``rsst channels period_round``).
+    """
     cfg = run["cfg"]
     name = cfg["struct"]["_target_"].rsplit(".", 1)[-1].lower()
-    if name == "rsst":
-        sched = cfg["schedule"]
-        if sched.get("period") == "epoch":
-            return "rsst period_epoch"
-        if float(sched.get("reg_granularity_prune", 1.0)) != 1.0:
-            return f"rsst g={float(sched['reg_granularity_prune']):g}"
-    return name
+    if name != "rsst":
+        return name
+    sched = cfg["struct"].get("schedule") or cfg.get("schedule") or {}
+    parts = ["rsst"]
+    if cfg["struct"].get("penalty_scope", "weights") == "channels":
+        parts.append("channels")
+    if sched.get("period") == "round":
+        parts.append("period_round")
+    if float(sched.get("reg_granularity_prune", 1.0)) != 1.0:
+        parts.append(f"g={float(sched['reg_granularity_prune']):g}")
+    return " ".join(parts)
 
 
 def mean_std(values: list[float]) -> dict[str, Any] | None:
@@ -193,9 +243,16 @@ def summarise(runs: list[dict[str, Any]], ablations: list[str]) -> dict[str, Any
             entry["test_acc"] = mean_std([row["test_acc"] for row in rows])
             if any("trained_test_acc" in row for row in rows) and key.startswith("rsst"):
                 entry["trained_test_acc"] = mean_std([row.get("trained_test_acc") for row in rows])
+                # the cut's cost, paired by seed: the network as trained minus its ticket
+                entry["cut_cost"] = mean_std(
+                    [row["trained_test_acc"] - row["test_acc"] for row in rows if "trained_test_acc" in row]
+                )
             entry["weight_density"] = mean_std([row["remain_weight"] for row in rows])
             entry["channel_density"] = mean_std([100.0 - row.get("channel_sparsity", 0.0) for row in rows])
-            for k in ("params", "macs", "penalised_norm_start", "penalised_norm_end", "reg_lambda"):
+            for k in (
+                "params", "macs", "penalised_norm_start", "penalised_norm_end", "penalised_gamma_start",
+                "penalised_gamma_end", "reg_lambda",
+            ):  # fmt: skip
                 if any(k in row for row in rows):
                     entry[k] = mean_std([row.get(k) for row in rows])
             entries.append(entry)
@@ -281,17 +338,21 @@ def tables(summary: dict[str, Any]) -> str:
         "channels %",
         "test acc (ticket)",
         "trained test acc",
+        "cut's cost",
         "params",
         "MACs",
         "speed-up",
         "|P_r| start -> end",
+        "|gamma| dropped start -> end",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for key, entries in summary["methods"].items():
         for e in entries:
-            norms = "-"
+            norms = gammas = "-"
             if "penalised_norm_end" in e:
                 norms = f"{fmt(e['penalised_norm_start'], 3)} -> {fmt(e['penalised_norm_end'], 4)}"
+            if "penalised_gamma_end" in e:
+                gammas = f"{fmt(e['penalised_gamma_start'], 3)} -> {fmt(e['penalised_gamma_end'], 4)}"
             lines.append(
                 "| "
                 + " | ".join(
@@ -302,10 +363,12 @@ def tables(summary: dict[str, Any]) -> str:
                         fmt(e["channel_density"]),
                         fmt(e["test_acc"]),
                         fmt(e.get("trained_test_acc")),
+                        fmt(e.get("cut_cost")),
                         f"{e['params']['mean']:,.0f}",
                         f"{e['macs']['mean'] / 1e6:.2f}M",
                         f"{e['speedup']:.2f}x",
                         norms,
+                        gammas,
                     ]
                 )
                 + " |"
@@ -313,8 +376,8 @@ def tables(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def diff_table(diffs: list[dict]) -> str:
-    lines = ["| round | RSST - Refill (points) | seed spread | beyond spread |", "| --- | --- | --- | --- |"]
+def diff_table(diffs: list[dict], what: str = "RSST - Refill") -> str:
+    lines = [f"| round | {what} (points) | seed spread | beyond spread |", "| --- | --- | --- | --- |"]
     for d in diffs:
         std = "" if d["diff_std"] is None else f" ± {d['diff_std']:.2f}"
         spread = "-" if d["seed_spread"] is None else f"{d['seed_spread']:.2f}"
@@ -363,27 +426,116 @@ def removed_channels(run_dir: Path, round_: int) -> dict[str, float] | None:
 
 
 def removed_table(runs: list[dict[str, Any]], ablations: list[str]) -> tuple[list[dict[str, Any]], str]:
-    """:func:`removed_channels` at each channel-wise run's last round, as rows and a markdown table."""
+    """:func:`removed_channels` at every pruned round of each channel-wise run: rows, and a markdown table of
+    the medians' mean over seeds per arm and round."""
     rows = []
     for run in runs:
         method = method_of(run, ablations)
-        last = max((r["round"] for r in run["rows"] if "branch" not in r), default=0)
-        if method == "imp" or last < 1:
+        if method == "imp":
             continue
-        found = removed_channels(run["dir"], last)
-        if found is not None:
-            rows.append({"method": method, "seed": run["cfg"]["seed"], "round": last, **found})
+        for r in sorted({row["round"] for row in run["rows"] if "branch" not in row} - {0}):
+            found = removed_channels(run["dir"], r)
+            if found is not None:
+                rows.append({"method": method, "seed": run["cfg"]["seed"], "round": r, **found})
     lines = [
-        "| method | seed | round | channels cut | cut: median pre-BN running var | cut: median abs gamma "
+        "| method | round | seeds | channels cut | cut: median pre-BN running var | cut: median abs gamma "
         "| kept: median pre-BN running var |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in sorted(rows, key=lambda r: (r["method"], r["seed"])):
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["round"]), []).append(r)
+    for (method, rnd), group in sorted(groups.items()):
+
+        def avg(key: str, group=group) -> float:
+            return statistics.fmean(g[key] for g in group)
+
         lines.append(
-            f"| {r['method']} | {r['seed']} | {r['round']} | {r['channels_cut']} | {r['cut_running_var']:.3g} "
-            f"| {r['cut_abs_gamma']:.3g} | {r['kept_running_var']:.3g} |"
+            f"| {method} | {rnd} | {len(group)} | {avg('channels_cut'):.0f} | {avg('cut_running_var'):.3g} "
+            f"| {avg('cut_abs_gamma'):.3g} | {avg('kept_running_var'):.3g} |"
         )
     return rows, "\n".join(lines)
+
+
+def cut_costs(runs: list[dict[str, Any]], method: str, ablations: list[str]) -> dict[tuple[int, int], float]:
+    """``{(round, seed): trained_test_acc - test_acc}`` of one RSST arm's pruned rounds: what the cut cost."""
+    out = {}
+    for run in runs:
+        if method_of(run, ablations) != method:
+            continue
+        for row in run["rows"]:
+            if row.get("branch") is None and row["round"] > 0 and "trained_test_acc" in row:
+                out[(row["round"], run["cfg"]["seed"])] = row["trained_test_acc"] - row["test_acc"]
+    return out
+
+
+def intervention(runs: list[dict[str, Any]], ablations: list[str]) -> dict[str, Any]:
+    """Does penalising the whole channel close the cut's cost? ``rsst channels`` against ``rsst``, paired by seed.
+
+    Per pruned round: both arms' cut cost (as trained minus ticket) and their paired difference. The
+    channel scope *narrows* the cost at a round when the paired reduction exceeds the seed spread of
+    the two arms' costs; it *closes* it at a round when its own mean cost is within its seed spread of
+    zero (or below 0.5 points with one seed). The answer counts rounds.
+    """
+    weights, channels = cut_costs(runs, "rsst", ablations), cut_costs(runs, "rsst channels", ablations)
+    rounds = []
+    for r in sorted({r for r, _ in weights} & {r for r, _ in channels}):
+        seeds = sorted({s for rr, s in weights if rr == r} & {s for rr, s in channels if rr == r})
+        w = [weights[(r, s)] for s in seeds]
+        c = [channels[(r, s)] for s in seeds]
+        reduction = [a - b for a, b in zip(w, c, strict=True)]
+        spread = max((statistics.stdev(v) for v in (w, c) if len(v) > 1), default=None)
+        c_std = statistics.stdev(c) if len(c) > 1 else None
+        mean_c = statistics.fmean(c)
+        rounds.append(
+            {
+                "round": r,
+                "seeds": seeds,
+                "cost_weights": round(statistics.fmean(w), 3),
+                "cost_channels": round(mean_c, 3),
+                "cost_channels_std": None if c_std is None else round(c_std, 3),
+                "reduction": round(statistics.fmean(reduction), 3),
+                "reduction_std": round(statistics.stdev(reduction), 3) if len(reduction) > 1 else None,
+                "narrowed": None if spread is None else statistics.fmean(reduction) > spread,
+                "closed": abs(mean_c) <= (c_std if c_std is not None else 0.5),
+            }
+        )
+    if not rounds:
+        return {"answer": "cannot be judged yet: no pruned round has finished for both RSST arms", "rounds": []}
+    n = len(rounds)
+    narrowed = sum(1 for d in rounds if d["narrowed"])
+    closed = sum(1 for d in rounds if d["closed"])
+    mean_w = statistics.fmean(d["cost_weights"] for d in rounds)
+    mean_c = statistics.fmean(d["cost_channels"] for d in rounds)
+    if closed > n / 2:
+        head = "yes: penalising the whole channel closes the cut's cost"
+    elif narrowed > n / 2:
+        head = "partly: penalising the whole channel narrows the cut's cost beyond the seed spread, not closing it"
+    else:
+        head = "no: penalising the whole channel does not narrow the cut's cost beyond the seed spread"
+    tail = (
+        f"(the cut costs {mean_w:+.2f} points with the penalty on the weights and {mean_c:+.2f} with it on the "
+        f"channels, mean over the {n} pruned rounds; narrowed beyond the seed spread at {narrowed} of {n}, "
+        f"within the seed spread of zero at {closed} of {n})"
+    )
+    return {"answer": f"{head} {tail}", "rounds": rounds}
+
+
+def intervention_table(rounds: list[dict[str, Any]]) -> str:
+    lines = [
+        "| round | cut's cost, penalty on weights | cut's cost, penalty on channels | reduction (paired) | narrowed "
+        "| closed |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for d in rounds:
+        c_std = "" if d["cost_channels_std"] is None else f" ± {d['cost_channels_std']:.2f}"
+        r_std = "" if d["reduction_std"] is None else f" ± {d['reduction_std']:.2f}"
+        narrowed = "-" if d["narrowed"] is None else ("yes" if d["narrowed"] else "no")
+        lines.append(
+            f"| {d['round']} | {d['cost_weights']:+.2f} | {d['cost_channels']:+.2f}{c_std} "
+            f"| {d['reduction']:+.2f}{r_std} | {narrowed} | {'yes' if d['closed'] else 'no'} |"
+        )
+    return "\n".join(lines)
 
 
 def export_sparsest(runs: list[dict[str, Any]], ablations: list[str], threads: int, repeats: int) -> dict:
@@ -489,10 +641,16 @@ def run_sweeps(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 pruned rounds of 1 epoch on 64 images")
-    parser.add_argument("--seeds", default="1,2", help="comma-separated seeds (default 1,2)")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     parser.add_argument("--out", default=None, help="the study folder (default multirun_outputs/structured_study)")
-    parser.add_argument("--controls", default="", help="controls on the structured tickets, e.g. reinit")
-    parser.add_argument("--ablation", action="append", default=[], help="extra RSST runs: period_epoch or g=<float>")
+    parser.add_argument(
+        "--controls", default="reinit", help="controls on the structured tickets (default reinit; '' for none)"
+    )
+    parser.add_argument(
+        "--ablation", action="append", default=None,
+        help="extra RSST arms: channels, period_round or g=<float>, repeatable (default channels and period_round; "
+        "none for no extra arm)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency (median reported)")
     parser.add_argument("--no-train", action="store_true", help="only summarise the runs already in --out")
     parser.add_argument(
@@ -510,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, AssertionError):
         parser.error(f"--seeds={args.seeds!r}: expected comma-separated integers >= 0, e.g. 1,2")
     args.controls = [c for c in args.controls.split(",") if c]
+    args.ablation = list(DEFAULT_ABLATIONS) if args.ablation is None else [a for a in args.ablation if a != "none"]
     if any(c not in ("reinit", "shuffle_layerwise") for c in args.controls):
         parser.error(f"--controls={','.join(args.controls)!r}: expected reinit and/or shuffle_layerwise")
     for name in args.ablation:
@@ -518,12 +677,26 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
     out = Path(args.out or f"multirun_outputs/structured_study{'_quick' if args.quick else ''}").expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out={str(out)!r} is a file: expected a folder (made if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out={str(out)!r}: cannot make the folder ({exc.strerror})")
+    if args.quick and not any(o.startswith("dataset.root=") for o in args.overrides):
+        args.overrides += [f"dataset.root={write_smoke_cifar(out / 'smoke_data')}", *SMOKE_SIZES]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env.setdefault("OMP_NUM_THREADS", "2" if args.jobs == 1 else "1")
 
     timing_file = out / "study_time.json"
-    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {"sweep_seconds": 0.0, "starts": 0}
+    timing = {"sweep_seconds": 0.0, "starts": 0}
+    if timing_file.is_file():
+        try:
+            found = json.loads(timing_file.read_text())
+            assert isinstance(found, dict) and all(isinstance(found.get(k), (int, float)) for k in timing)
+            timing = {k: found[k] for k in timing}
+        except (ValueError, AssertionError, OSError):
+            sys.stderr.write(f"{timing_file} is unreadable: the wall time counts from this start\n")
     if not args.no_train:
         run_sweeps(sweeps(args), out, env, args.jobs, timing, timing_file)
 
@@ -544,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"rsst.report --x {x} failed: {type(exc).__name__}: {exc}") from exc
     ablated = {name: paired(runs, ablation_label(name), "refill", "test_acc", "test_acc", args.ablation)
                for name in args.ablation}  # fmt: skip
+    channel_test = intervention(runs, args.ablation)
     verdict = {
         "ticket": answer(ticket),
         "trained": answer(trained, "RSST as trained", "Refill"),
@@ -553,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
             name: {"answer": answer(d, f"RSST ({ablation_label(name)[5:]})", "Refill"), "rounds": d}
             for name, d in ablated.items()
         },
+        "intervention": channel_test,
     }
     settings = {
         "quick": args.quick,
@@ -575,6 +750,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Structured study: RSST against Refill (and IMP) on CIFAR-10, ResNet-20",
         "",
         tables(summary),
+        "",
+        "RSST is the original's: lambda climbs within every epoch (`schedule.period=epoch`), the penalty on the "
+        "conv weights of P_r. The cut's cost is the network as trained minus its ticket, paired by seed.",
         "",
         "## RSST - Refill, ticket against ticket",
         "",
@@ -600,10 +778,27 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             )
         ),
-        "## What the channels cut at the last round still carried",
+        *(
+            [
+                "## The intervention: does penalising the whole channel close the cut's cost?",
+                "",
+                "`struct.penalty_scope=channels` penalises the BatchNorm scale (gamma) of the channels RSST drops "
+                "with the same lambda(t) as their conv weights. If BatchNorm's rescaling is why the cut costs "
+                "accuracy, the cut should then cost almost nothing.",
+                "",
+                intervention_table(channel_test["rounds"]),
+                "",
+                f"Does it? {channel_test['answer']}.",
+                "",
+            ]
+            if "channels" in args.ablation
+            else []
+        ),
+        "## What the channels cut at every round still carried",
         "",
         "BatchNorm undoes a conv weight's scale: a channel whose weights shrink keeps its normalised output "
-        "until it is cut. Its running variance near BN's eps (1e-5) means it was already silent.",
+        "until it is cut. Its running variance near BN's eps (1e-5) means it was already silent. Medians over "
+        "the cut channels of each run, averaged over the seeds.",
         "",
         removed_md,
         "",

@@ -264,10 +264,11 @@ def test_the_study_verdict_pairs_seeds_and_needs_a_difference_beyond_the_seed_sp
 def test_structured_study_gpu_budget_sweeps_compose_and_validate_with_every_training_image():
     study = load_benchmark("structured_study")
     args = argparse.Namespace(
-        quick=False, budget="gpu", seeds=[1, 2], controls=["reinit"], ablation=["period_epoch"], overrides=[]
+        quick=False, budget="gpu", seeds=[1, 2], controls=["reinit"], ablation=["channels"], overrides=[]
     )
     todo = study.sweeps(args)
-    assert len(todo) == 2 + 2 + 2  # refill+rsst and imp per seed, then the ablation per seed
+    assert len(todo) == 2 * 3  # per seed: refill+rsst, the ablation, imp
+    assert [label for label, _ in todo[:3]] == ["seed 1: refill, rsst", "seed 1: rsst channels", "seed 1: imp"]
     for label, argv in todo:
         assert argv[0] == "-m"
         overrides = [*argv[1:], "device=cuda"]
@@ -282,28 +283,28 @@ def test_an_ablations_runs_carry_the_label_its_verdict_pairs_with_refill():
     """``--ablation NAME`` launches RSST with ``ablation_overrides(NAME)``; the summary finds those runs by
     ``method_of``, and the verdict pairs ``ablation_label(NAME)`` with Refill: the three must agree."""
     study = load_benchmark("structured_study")
-    for name, label in (("period_epoch", "rsst period_epoch"), ("g=0.1", "rsst g=0.1"), ("g=2", "rsst g=2")):
+    cases = (("channels", "rsst channels"), ("period_round", "rsst period_round"), ("g=0.1", "rsst g=0.1"))
+    for name, label in cases:
         cfg = compose_config([*study.METHOD, "struct=rsst", *study.ablation_overrides(name)])
         run = {"cfg": OmegaConf.to_container(cfg, resolve=True)}
         assert study.ablation_label(name) == label and study.method_of(run, [name]) == label
     plain = {"cfg": OmegaConf.to_container(compose_config([*study.METHOD, "struct=rsst"]), resolve=True)}
-    assert study.method_of(plain, ["period_epoch"]) == "rsst"
+    assert study.method_of(plain, ["channels"]) == "rsst"  # the original: period an epoch, penalty on the weights
 
 
 @pytest.mark.slow
-def test_structured_study_quick_mode_runs_all_three_methods_on_files_in_the_cifar_format(tmp_path):
-    from fake_data import write_cifar
-
-    write_cifar(tmp_path / "data", per_file=40, test=60)
-    sizes = ["dataset.train_size=160", "dataset.val_size=40", "dataset.test_size=60"]
+def test_structured_study_quick_mode_runs_every_arm_on_its_own_cifar_format_files(tmp_path):
+    """No dataset.root: the smoke run writes its own tiny data set in CIFAR-10's on-disk format and trains on it."""
     out = tmp_path / "study"
     cmd = ["benchmarks/structured_study.py", "--quick", "--out", str(out), "--repeats", "1"]
-    cmd += ["--controls", "reinit", "--jobs", "2"]  # two sweeps at a time, into one folder
-    proc = bench(*cmd, f"dataset.root={tmp_path / 'data'}", *sizes)
+    cmd += ["--seeds", "1,2", "--controls", "reinit", "--ablation", "channels", "--jobs", "2"]  # two sweeps at once
+    proc = bench(*cmd)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    assert (out / "smoke_data" / "cifar-10-batches-py" / "test_batch").is_file()
     result = json.loads((out / "study.json").read_text())
+    assert f"dataset.root={out / 'smoke_data'}" in result["settings"]["overrides"]
     methods = result["summary"]["methods"]
-    assert set(methods) == {"imp", "refill", "rsst", "refill reinit", "rsst reinit"}
+    assert set(methods) == {"imp", "refill", "rsst", "rsst channels", "refill reinit", "rsst reinit"}
     for control in ("refill reinit", "rsst reinit"):  # the control of every pruned ticket, over both seeds
         entries = methods[control]
         assert [e["round"] for e in entries] == [1, 2] and all(e["test_acc"]["n"] == 2 for e in entries)
@@ -315,24 +316,30 @@ def test_structured_study_quick_mode_runs_all_three_methods_on_files_in_the_cifa
         assert entries[-1]["weight_density"]["mean"] < 70.0
     assert methods["refill"][-1]["channel_density"]["mean"] < 100.0 and methods["refill"][-1]["speedup"] > 1.0
     assert methods["imp"][-1]["channel_density"]["mean"] == 100.0 and methods["imp"][-1]["speedup"] == 1.0
-    assert "trained_test_acc" in methods["rsst"][1] and "penalised_norm_end" in methods["rsst"][1]
+    assert {"trained_test_acc", "cut_cost", "penalised_norm_end"} <= set(methods["rsst"][1])
+    assert "penalised_gamma_end" not in methods["rsst"][1]
+    gamma = methods["rsst channels"][1]["penalised_gamma_end"]["mean"]  # the channel scope shrinks the gammas
+    assert 0 < gamma < methods["rsst channels"][1]["penalised_gamma_start"]["mean"]
     assert [d["round"] for d in result["verdict"]["ticket_rounds"]] == [1, 2]
     assert result["verdict"]["ticket"].startswith(("yes: ", "no: ", "no difference beyond the seed spread"))
+    assert [d["round"] for d in result["verdict"]["intervention"]["rounds"]] == [1, 2]
+    assert result["verdict"]["intervention"]["answer"].startswith(("yes: ", "partly: ", "no: "))
     for method in ("refill", "rsst"):
         assert {"latency_ms_batch1", "latency_ms_batch256"} <= set(result["latency"][method])
-    removed = {(r["method"], r["seed"]): r for r in result["removed"]}
-    assert set(removed) == {(m, s) for m in ("refill", "rsst") for s in (1, 2)}
-    assert all(r["round"] == 2 and r["channels_cut"] > 0 for r in removed.values())
+    removed = {(r["method"], r["seed"], r["round"]): r for r in result["removed"]}
+    assert set(removed) == {(m, s, r) for m in ("refill", "rsst", "rsst channels") for s in (1, 2) for r in (1, 2)}
+    assert all(r["channels_cut"] > 0 for r in removed.values())
     # Refill's cut channels output zeros all round, so their BN running variance decays from its init of 1
-    assert all(removed[("refill", s)]["cut_running_var"] < 1.0 for s in (1, 2))
+    assert all(removed[("refill", s, 2)]["cut_running_var"] < 1.0 for s in (1, 2))
     study_md = (out / "study.md").read_text()
-    assert "What the channels cut at the last round still carried" in study_md
+    assert "What the channels cut at every round still carried" in study_md
+    assert "does penalising the whole channel close the cut's cost?" in study_md
     assert (out / "report_channel_density" / "report.png").stat().st_size > 0
     assert (out / "report_macs" / "report.png").stat().st_size > 0
     assert "Does RSST beat Refill here?" in (out / "study.md").read_text()
     # a rerun resumes: every run is finished, so nothing trains and nothing changes (seed 1's sweeps rerun, to save
     # time; the summary still reads every run under --out)
-    again = bench(*cmd, "--seeds", "1", f"dataset.root={tmp_path / 'data'}", *sizes)
+    again = bench(*cmd, "--seeds", "1")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "new run in" not in again.stderr and "epoch 1/1" not in again.stderr
     assert json.loads((out / "study.json").read_text())["summary"] == result["summary"]

@@ -39,7 +39,15 @@ LAUNCH_VARS = (
 LENET = ["arch=lenet_300_100", "prune.include_fc=true", "struct=imp", "prune.rounds=2", "train.amp=off", *FAST[1:]]
 # Batches of 256: 6 steps an epoch (the last, of 157 images, split 79/78) instead of 23, each with a collective per
 # BatchNorm layer, forward and backward; the properties below do not depend on the number of steps.
-RESNET = [*FAST, "struct=rsst", "prune.rounds=2", "train.amp=off", "train.batch_size=256"]
+# The penalty on whole channels (conv weights and BatchNorm gamma), so that it is checked across processes too.
+RESNET = [
+    *FAST,
+    "struct=rsst",
+    "struct.penalty_scope=channels",
+    "prune.rounds=2",
+    "train.amp=off",
+    "train.batch_size=256",
+]
 KILL_AT = "epoch_saved:1:ticket:0"  # round 1's first epoch is saved, its second is not trained
 WEIGHT_TOLERANCE = 1e-3  # |w_2proc - w_1proc|: summation order only (measured 1.3e-4 after round 0, 4e-7 after round 1)
 
@@ -164,6 +172,7 @@ def test_a_killed_two_process_run_resumes_to_the_files_of_an_uninterrupted_one(r
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (kind, r)
     rows = read_rounds(whole)
     assert rows[1]["penalised_norm_start"] > 0  # RSST's penalty acted in the 2-process run
+    assert 0 < rows[1]["penalised_gamma_end"] < rows[1]["penalised_gamma_start"]  # on the dropped channels' gamma too
 
 
 def test_a_two_process_checkpoint_resumes_in_one_process(resnet_runs):
@@ -174,6 +183,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(resnet_runs):
     assert without_time(rows[:1]) == without_time(expected[:1])  # round 0 finished before the kill
     # the round's penalised set and plan were decided by 2 processes before the kill and carried over
     assert rows[1]["penalised_norm_start"] == pytest.approx(expected[1]["penalised_norm_start"], rel=1e-6)
+    assert rows[1]["penalised_gamma_start"] == pytest.approx(expected[1]["penalised_gamma_start"], rel=1e-6)
     starts = json.loads((one / "provenance.json").read_text())["starts"]
     assert [s["processes"]["world_size"] for s in starts] == [2, 1]
     masks, weights = tensors(one / "masks" / "round_1.pt"), tensors(one / "weights" / "round_1.pt")

@@ -131,13 +131,20 @@ def rises_over_the_first_half(name: str, schedule, lam_at: list[float]) -> None:
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
-def test_every_schedule_rises_strictly_over_the_first_half_of_a_default_round(name, default_round):
+def test_every_schedule_rises_strictly_over_the_first_half_of_its_period_in_a_default_round(name, default_round):
     steps, epochs = default_round
-    T = steps * epochs
     schedule, seq = lambdas_of_a_round(name, steps, epochs)
-    lam_at = [float(schedule(torch.tensor(0), T)), *seq]  # lam_at[t]: step t (1-based) uses lambda(t)
+    # the original's periods: the exp_custom schedules restart every epoch, the x family climbs over the round
+    assert schedule.period == ("epoch" if name.startswith("exp_custom") else "round")
+    T = steps * epochs if schedule.period == "round" else steps
+    lam_at = [float(schedule(torch.tensor(0), T)), *seq]  # lam_at[k]: step k (1-based) of the round
     rises_over_the_first_half(name, schedule, lam_at[: T // 2 + 1])
-    want = [documented(name, schedule, t, T) for t in range(T + 1)]
+    # step k of the round is step t = k of a round-long period, or step (k - 1) % T + 1 of its epoch
+    want = [documented(name, schedule, 0, T)]
+    want += [
+        documented(name, schedule, k if schedule.period == "round" else (k - 1) % T + 1, T)
+        for k in range(1, len(seq) + 1)
+    ]
     assert lam_at == pytest.approx(want, rel=1e-5, abs=1e-30)
 
 
@@ -288,3 +295,86 @@ def test_penalised_norm_is_the_l2_norm_of_the_penalised_weights():
 def test_schedules_reject_wrong_values_with_key_value_and_what_is_allowed(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+# -- penalty_scope=channels: the BatchNorm scale of the dropped channels ----------------------------
+
+
+def conv_bn_net() -> torch.nn.Module:
+    """conv(2->4, 1x1) -> BN(4) -> ReLU -> pool -> linear: gamma of channel c scales conv channel c's output."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 1, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(inplace=True),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3),
+    )  # fmt: skip
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([0.5, -1.5, 2.0, 3.0]))  # distinct gammas, one negative
+    return net
+
+
+def hand_plan() -> RoundPlan:
+    """Channels 0, 1 kept whole (R); channel 2 dropped with one weight left in M (P); channel 3 already dead."""
+    final = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]).view(4, 2, 1, 1)
+    penalised = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]).view(4, 2, 1, 1)
+    train = final + penalised
+    name = "0.weight"
+    return RoundPlan(train=Masks({name: train}), final=Masks({name: final}), penalised=Masks({name: penalised}))
+
+
+@pytest.mark.parametrize("block", [False, True])
+@pytest.mark.parametrize("scope", ["weights", "channels"])
+def test_the_channel_scope_adds_lambda_times_gamma_to_the_dropped_channels_gradient_alone(scope, block):
+    from rsst.pruning.criteria import L1
+    from rsst.pruning.strategies import RSST
+
+    net = conv_bn_net()
+    x = torch.randn(6, 2, 3, 3)
+    net(x).square().sum().backward()
+    task = {n: p.grad.clone() for n, p in net.named_parameters()}
+    schedule = ExpCustomExponentsSchedule(reg_granularity_prune=0.8, exponents=2, period="epoch")
+    strategy = RSST(L1(), schedule, block_loss_grad=block, penalty_scope=scope)
+    weights = {"0.weight": net[0].weight}
+    penalty = strategy.penalty(hand_plan(), weights, steps_per_epoch=4, epochs=2, norms={"0.weight": net[1].weight})
+    penalty.start_epoch(0)
+    penalty()
+    lam1 = 0.8 / E1 * (math.exp((1 / 4) ** 2) - 1)  # step 1 of a 4-step period
+    assert float(penalty.lam) == pytest.approx(lam1, rel=1e-6)
+    gamma, w = net[1].weight.detach(), net[0].weight.detach()
+    # by hand: only channel 2 is dropped (R row empty, a weight of M in it); channel 3 holds no weight of M
+    expected_gamma = task["1.weight"].clone()
+    if scope == "channels":
+        expected_gamma[2] = (0.0 if block else expected_gamma[2]) + lam1 * 2.0
+    torch.testing.assert_close(net[1].weight.grad, expected_gamma, rtol=1e-6, atol=1e-7)
+    expected_w = task["0.weight"].clone()
+    expected_w[2, 0] = (0.0 if block else expected_w[2, 0]) + lam1 * w[2, 0]
+    torch.testing.assert_close(net[0].weight.grad, expected_w, rtol=1e-6, atol=1e-7)
+    assert float(gamma[2]) == 2.0  # the penalty changes gradients, never the tensors
+    for name in ("1.bias", "5.weight", "5.bias"):  # beta and everything else: untouched
+        assert torch.equal(dict(net.named_parameters())[name].grad, task[name])
+
+
+def test_following_norms_pairs_each_conv_with_the_batchnorm_that_normalises_its_output():
+    from rsst.models.cifar_resnet import resnet20
+    from rsst.models.lth import conv2
+    from rsst.models.norms import following_norms
+
+    model = resnet20(num_classes=10, in_channels=3, image_size=32, width=4)
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    pairs = following_norms(model, (1, 3, 32, 32))
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    # every conv of a CIFAR ResNet is followed by its own BN: conv1->bn1, layerX.Y.convZ->layerX.Y.bnZ
+    assert pairs == {c: c.replace("conv", "bn") for c in convs} and len(pairs) == 19
+    assert all(torch.equal(buffers[k], v) for k, v in model.state_dict().items())  # eval mode: no statistic moved
+    assert model.training
+    assert following_norms(conv2(num_classes=10, in_channels=3, image_size=32), (1, 3, 32, 32)) == {}
+    dense = torchvision_densenet()
+    found = following_norms(dense, (1, 3, 32, 32))
+    layer = "features.denseblock1.denselayer1"
+    assert found[f"{layer}.conv1"] == f"{layer}.norm2"  # the bottleneck: conv1 -> norm2 directly
+    assert f"{layer}.conv2" not in found  # conv2 feeds the concatenation: no BN normalises it alone
+
+
+def torchvision_densenet() -> torch.nn.Module:
+    from torchvision.models import DenseNet
+
+    return DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=10)

@@ -135,7 +135,8 @@ class PenaltySpy:
 def rsst_round(round0, tmp_path_factory) -> dict:
     """One RSST round (round 1) from the shared round 0, with the masks and the penalty observed."""
     tmp = tmp_path_factory.mktemp("rsst")
-    loop = loop_at_round_1(round0, tmp, "struct=rsst", "criteria=l1", "schedule=exp_custom")
+    # the round-long period: lambda climbs once over the round (the per-epoch default is tested below)
+    loop = loop_at_round_1(round0, tmp, "struct=rsst", "criteria=l1", "schedule=exp_custom", "schedule.period=round")
     m, r = expected_masks(loop)
     loop.begin_round()
     plan = loop.state.plan
@@ -249,7 +250,13 @@ def test_an_imp_round_trains_and_ends_with_exactly_m(round0, tmp_path):
 
 
 def test_a_resumed_rsst_round_continues_the_exact_lambda_sequence(round0, tmp_path):
-    args = ("struct=rsst", "criteria=remain", "schedule=exp_custom_exponents", "train.epochs=3")
+    args = (
+        "struct=rsst",
+        "criteria=remain",
+        "schedule=exp_custom_exponents",
+        "schedule.period=round",
+        "train.epochs=3",
+    )
     straight = loop_at_round_1(round0, tmp_path / "straight", *args)
     straight.begin_round()
     for _ in range(3):
@@ -273,6 +280,56 @@ def test_a_resumed_rsst_round_continues_the_exact_lambda_sequence(round0, tmp_pa
     assert all(torch.equal(resumed.weights[n], straight.weights[n]) for n in straight.names)
 
 
+def gamma_round(round0, tmp_path: Path, scope: str, *extra: str) -> dict:
+    """Round 1 of RSST with a strong penalty (lambda climbs by 1 a step to 10) under ``scope``, every gamma observed."""
+    args = ["struct=rsst", "criteria=l1", "schedule=x", "schedule.update_every=1", "schedule.ceiling=10"]
+    args += ["schedule.reg_granularity_prune=1", "lr_schedule.milestones=[1]"]  # the second epoch at lr 0.01
+    loop = loop_at_round_1(round0, tmp_path / scope, *args, f"struct.penalty_scope={scope}", *extra)
+    loop.begin_round()
+    plan = loop.state.plan
+    gammas = {n: p for n, p in loop.model.named_parameters() if n.endswith(".weight") and p.dim() == 1}
+    dropped = {}  # gamma name -> the channels the round drops (R row empty, M holds weights), found by hand
+    for conv, mask in plan.final.items():
+        gamma = conv.replace(".conv", ".bn").replace("conv1.weight", "bn1.weight")
+        dropped[gamma] = (mask.flatten(1).sum(1) == 0) & (plan.penalised[conv].flatten(1).sum(1) > 0)
+    start = {n: gammas[n].detach().clone() for n in dropped}
+    spy = PenaltySpy(loop.penalty, gammas)
+    loop.penalty = spy
+    for _ in range(loop.cfg.train.epochs):
+        loop.run_epoch()
+    return {"loop": loop, "dropped": dropped, "start": start, "spy": spy, "record": loop.end_round()}
+
+
+@pytest.mark.parametrize("extra", [(), ("train.amp=fp16", "struct.block_loss_grad=true")], ids=["fp32", "fp16-block"])
+def test_the_channel_scope_drives_the_dropped_channels_gamma_to_zero_and_leaves_the_kept_ones_alone(
+    round0, tmp_path, extra
+):
+    runs = {scope: gamma_round(round0, tmp_path, scope, *extra) for scope in ("weights", "channels")}
+    for scope, seen in runs.items():
+        loop, dropped = seen["loop"], seen["dropped"]
+        assert sum(int(d.sum()) for d in dropped.values()) > 0
+        saved = torch.load(loop.run_dir / "weights" / "round_1.pt", weights_only=True)
+        ratio = math.sqrt(sum(float(saved[n][d].square().sum()) for n, d in dropped.items())) / math.sqrt(
+            sum(float(seen["start"][n][d].square().sum()) for n, d in dropped.items())
+        )
+        if scope == "channels":  # observed 0.039: the penalty takes the dropped gammas to near zero
+            assert ratio < 0.1, ratio
+            assert seen["record"]["penalised_gamma_end"] == pytest.approx(
+                math.sqrt(sum(float(saved[n][d].square().sum()) for n, d in dropped.items())), rel=1e-5
+            )
+        else:  # the task alone moves them: they keep their size (observed 0.92 and 0.96)
+            assert ratio > 0.5, ratio
+            assert "penalised_gamma_end" not in seen["record"]
+        for diff, values, lam in seen["spy"].steps:  # the penalty's own change to every gamma's gradient
+            for n, d in diff.items():
+                mask = dropped.get(n, torch.zeros_like(d, dtype=torch.bool))
+                assert int((d[~mask] != 0).sum()) == 0, f"{scope}: a kept channel's gamma gradient changed ({n})"
+                if scope == "weights":
+                    assert int((d != 0).sum()) == 0, n
+                elif not extra:  # added: exactly lambda * gamma (with block_loss_grad the task's part is replaced)
+                    torch.testing.assert_close(d[mask], lam * values[n][mask], rtol=1e-4, atol=1e-6)
+
+
 # -- configuration --------------------------------------------------------------------------------
 
 
@@ -283,17 +340,22 @@ def test_the_defaults_are_the_original_tools():
     assert cfg.struct.criteria._target_ == "rsst.pruning.criteria.L1"
     s = cfg.struct.schedule
     assert s._target_.endswith("ExpCustomExponentsSchedule") and s.exponents == 4
-    assert s.reg_granularity_prune == 1.0 and s.period == "round"
+    # the original's periods: exp_custom* compute lambda from the batch within the epoch, the x family over the round
+    assert s.reg_granularity_prune == 1.0 and s.period == "epoch"
+    assert compose_config(["schedule=exp_custom"]).struct.schedule.period == "epoch"
+    assert cfg.struct.penalty_scope == "weights"
     for kind in ("x", "x2", "x3", "exp"):
         s = compose_config([f"schedule={kind}"]).struct.schedule
         assert (s.kind, s.update_every, s.ceiling, s.reg_granularity_prune) == (kind, 5, 1.0, 1e-4)
+        assert s.period == "round"
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("struct.fillback_rate=1.5", r"struct: fillback_rate=1.5 is invalid: expected a number in \[0, 1\]"),
-        ("schedule.period=week", r"struct: schedule.period='week' is invalid: expected one of round, epoch"),
+        ("schedule.period=week", r"^schedule.period='week' is invalid: expected one of round, epoch"),
+        ("struct.penalty_scope=bn", r"^struct.penalty_scope='bn' is invalid: expected one of weights, channels"),
         ("schedule.exponents=-1", r"^schedule.exponents=-1 is invalid: expected a finite number > 0"),
         ("criteria.batches=0", r"^criteria.batches=0 is invalid: expected an integer >= 1"),
     ],
@@ -329,7 +391,8 @@ def test_the_experiment_presets_reproduce_the_original_commands(preset):
     if want["struct"] == "RSST":
         s = cfg.struct.schedule
         assert s._target_.endswith("ExpCustomExponentsSchedule") and (s.exponents, s.reg_granularity_prune) == (4, 1.0)
-        assert cfg.struct.block_loss_grad is False
+        assert s.period == "epoch"  # the original computes lambda from the batch index within the epoch
+        assert cfg.struct.block_loss_grad is False and cfg.struct.penalty_scope == "weights"
 
 
 @pytest.mark.slow

@@ -63,3 +63,29 @@ def test_a_root_or_run_dir_the_file_system_cannot_name_is_one_line_naming_the_ke
     assert list(tmp_path.iterdir()) == []  # decided before anything is made
     ok = tmp_path / ("y" * 255)
     assert run_directory(compose_config([f"paths.run_dir={ok}"])) == ok
+
+
+def test_a_new_key_at_its_neutral_value_keeps_existing_folders_and_any_other_value_moves_them():
+    """``struct.penalty_scope=weights`` is what RSST did before the key existed: the config without the key (an
+    existing run's) and with it hash alike; ``channels`` is another method and another folder."""
+    from omegaconf import OmegaConf
+
+    from rsst.folder.naming import HASH_NEUTRAL, hashed_config
+
+    cfg = compose_config(["schedule.period=round"])
+    assert cfg.struct.penalty_scope == HASH_NEUTRAL["struct.penalty_scope"] == "weights"
+    before_the_key = OmegaConf.to_container(cfg, resolve=True)
+    del before_the_key["struct"]["penalty_scope"]
+    assert config_hash(OmegaConf.create(before_the_key)) == config_hash(cfg)
+    assert "penalty_scope" not in hashed_config(cfg)["struct"]
+    channels = compose_config(["schedule.period=round", "struct.penalty_scope=channels"])
+    assert config_hash(channels) != config_hash(cfg)
+    assert hashed_config(channels)["struct"]["penalty_scope"] == "channels"
+
+
+def test_the_original_period_is_a_new_default_and_so_a_new_folder():
+    """The exp_custom schedules' period is now an epoch (the original's): the same command names another folder
+    than it did with the round-long period, which an existing run keeps with schedule.period=round."""
+    assert compose_config([]).struct.schedule.period == "epoch"
+    assert config_hash(compose_config([])) != config_hash(compose_config(["schedule.period=round"]))
+    assert config_hash(compose_config([])) == config_hash(compose_config(["schedule.period=epoch"]))

@@ -37,6 +37,8 @@ Num = Union[int, float]
 
 REWIND_MODES = ("init", "epoch", "pretrained")
 CONTROLS = ("reinit", "shuffle_layerwise")
+PENALTY_SCOPES = ("weights", "channels")
+PERIODS = ("round", "epoch")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 LOADERS = ("auto", "device", "dataloader")
@@ -276,6 +278,8 @@ class Refill(Target):
 class RSST(Refill):
     schedule: Any = MISSING
     block_loss_grad: bool = MISSING
+    # weights: the penalty on P_r (the original) | channels: also on the BatchNorm gamma of the channels dropped
+    penalty_scope: str = rule("weights", f"one of {', '.join(PENALTY_SCOPES)}", lambda v: v in PENALTY_SCOPES)
 
 
 @dataclass
@@ -307,7 +311,8 @@ class ADMM(Target):
 @dataclass
 class Schedule(Target):
     reg_granularity_prune: Num = at_least_zero()  # g = 0: the control without a penalty
-    period: str = MISSING  # round: T = the steps of the round | epoch: T = the steps of an epoch
+    # round: T = the steps of the round | epoch: T = the steps of an epoch
+    period: str = rule(MISSING, f"one of {', '.join(PERIODS)}", lambda v: v in PERIODS)
 
 
 @dataclass

@@ -36,20 +36,44 @@ EXCLUDED_KEYS = (
     "train.compile",
 )
 
+# Keys added after runs existed, each with the value that does what the platform did before the key
+# existed. A key holding that value is left out of the hash (and of the report's grouping), so the
+# folders of existing runs keep their names; any other value is part of the run's identity.
+# The value's type counts too: ``0`` is not ``false``.
+HASH_NEUTRAL: dict[str, Any] = {
+    "struct.penalty_scope": "weights",
+}
+
+
+def _node(data: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, str]:
+    """The dict holding dotted ``key``'s leaf inside ``data`` (None where a parent is missing), and the leaf."""
+    *parents, leaf = key.split(".")
+    node: Any = data
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
+
+
+def drop_neutral(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a plain config dict, changed in place) without the :data:`HASH_NEUTRAL` keys at their neutral value."""
+    for key, neutral in HASH_NEUTRAL.items():
+        node, leaf = _node(data, key)
+        if node is not None and leaf in node and type(node[leaf]) is type(neutral) and node[leaf] == neutral:
+            del node[leaf]
+    return data
+
 
 def hashed_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config minus :data:`EXCLUDED_KEYS` (and anything Hydra adds under ``hydra``)."""
+    """The resolved config minus :data:`EXCLUDED_KEYS`, the :data:`HASH_NEUTRAL` keys at their neutral value,
+    and anything Hydra adds under ``hydra``."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     data.pop("hydra", None)
     for key in EXCLUDED_KEYS:
-        *parents, leaf = key.split(".")
-        node = data
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        node, leaf = _node(data, key)
+        if node is not None:
             node.pop(leaf, None)
-    return data
+    return drop_neutral(data)
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -31,11 +31,12 @@ from rsst.loop.pretrained import load_pretrained
 from rsst.loop.record import fingerprint, round_record, ticket_numbers, ticket_row
 from rsst.loop.state import RunState
 from rsst.models import prunable_weights
+from rsst.models.norms import following_norms
 from rsst.models.size import is_channel_wise, structured_size
 from rsst.parallel import ddp, dist
 from rsst.parallel.agree import together
 from rsst.pruning.masks import Masks, apply_masks_
-from rsst.pruning.regularizer import penalised_norm
+from rsst.pruning.regularizer import dropped_channels, penalised_norm
 from rsst.pruning.strategies import Penalty, PruneContext, RoundPlan, Strategy, imp_equivalent_density
 from rsst.runtime.environment import Runtime, resolve_runtime
 from rsst.runtime.execution import Execution, compile_model
@@ -74,10 +75,41 @@ class RoundLoop:
             cfg, self.data, self.model, forward, forward, self.execution, self.weights, self.strategy,
             self.device, self.shard, self.writer,
         )  # fmt: skip
+        self.norms = self.find_norms()
         self.state = RunState(theta_0=clone_state(self.model))
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.penalty: Penalty | None = None  # rebuilt from the plan; its state_dict(), if any, is checkpointed
+
+    def find_norms(self) -> dict[str, str] | None:
+        """``penalty_scope=channels``: each prunable conv weight's name -> the name of the BatchNorm scale after it.
+
+        None for any other method or scope. Found once, before training, by one forward pass on a
+        zero input (:func:`rsst.models.norms.following_norms`).
+        """
+        if getattr(self.strategy, "penalty_scope", "weights") != "channels":
+            return None
+        shape = (1, self.data.in_channels, self.data.image_size, self.data.image_size)
+        params = dict(self.model.named_parameters())
+        found = {
+            f"{conv}.weight": f"{norm}.weight"
+            for conv, norm in following_norms(self.model, shape).items()
+            if f"{conv}.weight" in self.weights and f"{norm}.weight" in params
+        }
+        if not found:
+            log.warning(
+                "struct.penalty_scope=channels: no BatchNorm follows a prunable conv of this network (%s); "
+                "the penalty acts on the conv weights alone, as with penalty_scope=weights",
+                type(self.model).__name__,
+            )
+        return found
+
+    def norm_scales(self) -> dict[str, torch.Tensor] | None:
+        """The model's own gamma parameters for :meth:`find_norms`'s pairs (the tensors the penalty updates)."""
+        if self.norms is None:
+            return None
+        params = dict(self.model.named_parameters())
+        return {conv: params[gamma] for conv, gamma in self.norms.items()}
 
     def distribute(self) -> None:
         """Multi-process run: BatchNorm over the global batch, and the model in DistributedDataParallel.
@@ -180,7 +212,9 @@ class RoundLoop:
     def new_penalty(self) -> None:
         """The strategy's gradient penalty for the current plan (RSST's ``lambda(t) * w`` on ``P_r``), if any."""
         assert self.state.plan is not None
-        self.penalty = self.strategy.penalty(self.state.plan, self.weights, self.epochs.steps(), self.cfg.train.epochs)
+        self.penalty = self.strategy.penalty(
+            self.state.plan, self.weights, self.epochs.steps(), self.cfg.train.epochs, self.norm_scales()
+        )
 
     def target_density(self, round_: int) -> float:
         """``prune.density`` if set, else the density IMP reaches after ``round_`` rounds of ``prune.rate``."""
@@ -241,6 +275,15 @@ class RoundLoop:
         self.new_optimizer()
         self.new_penalty()
 
+    def dropped_gammas(self, plan: RoundPlan) -> dict[str, torch.Tensor]:
+        """``{gamma name: mask of the channels the round drops}`` for the convs :meth:`find_norms` paired."""
+        assert plan.penalised is not None and self.norms is not None
+        return {
+            gamma: dropped_channels(plan.penalised[conv], plan.final[conv])
+            for conv, gamma in self.norms.items()
+            if conv in plan.penalised
+        }
+
     def share_masks(self, masks: Masks) -> Masks:
         """Multi-process run: rank 0's masks on every rank, in place (each rank computed them from the same inputs)."""
         if self.shard is not None:
@@ -295,6 +338,11 @@ class RoundLoop:
                 "penalised_norm_start": penalised_norm(state.theta_rewind, plan.penalised),
                 "penalised_norm_end": penalised_norm(self.weights, plan.penalised),
             }
+            if self.norms:  # penalty_scope=channels: the BatchNorm scales of the channels the round drops
+                gammas = self.dropped_gammas(plan)
+                params = dict(self.model.named_parameters())
+                penalised["penalised_gamma_start"] = penalised_norm(state.theta_rewind, gammas)
+                penalised["penalised_gamma_end"] = penalised_norm(params, gammas)
         apply_masks_(self.weights.values(), [final[n] for n in self.names])
         self.check_ranks(f"round {r} end", final)
         final_test = self.epochs.evaluate("test") if separate else rows[-1]["test_acc"]

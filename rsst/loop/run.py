@@ -281,6 +281,13 @@ def _train_round(loop: RoundLoop, stop: GracefulStop | None) -> None:
             record["penalised_norm_end"],
             record["final_test_acc"],
         )
+    if "penalised_gamma_end" in record:
+        log.info(
+            "round %d: |gamma| of the channels dropped %.4g -> %.4g",
+            record["round"],
+            record["penalised_gamma_start"],
+            record["penalised_gamma_end"],
+        )
 
 
 def _train_epochs(loop: RoundLoop, stop: GracefulStop | None) -> None:

@@ -144,7 +144,12 @@ class ADMM(Strategy):
         return RoundPlan(train=ticket, final=ticket.clone(), target=keep)
 
     def penalty(
-        self, plan: RoundPlan, weights: Mapping[str, Tensor], steps_per_epoch: int, epochs: int
+        self,
+        plan: RoundPlan,
+        weights: Mapping[str, Tensor],
+        steps_per_epoch: int,
+        epochs: int,
+        norms: Mapping[str, Tensor] | None = None,
     ) -> ADMMPenalty | None:
         if plan.target is None:
             return None

@@ -2,7 +2,9 @@
 
 Between ``loss.backward()`` and ``optimizer.step()`` the penalty adds
 ``lambda(t) * w`` to the gradient of every weight in ``P_r = M_r & ~R_r`` (with
-``block_loss_grad`` it replaces their gradient instead). ``lambda`` and the step
+``block_loss_grad`` it replaces their gradient instead). With ``penalty_scope=channels`` the
+BatchNorm scale (gamma) of every channel the round will drop is one more penalised tensor, with
+the same ``lambda(t)`` in the same kernels. ``lambda`` and the step
 counter ``t`` live on the device as 0-dim tensors updated in place, so a step
 costs a few fused ``torch._foreach_*`` kernels and no host synchronisation.
 
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 
 PERIODS = ("round", "epoch")
+PENALTY_SCOPES = ("weights", "channels")
 STEPPED_KINDS = ("x", "x2", "x3", "exp")
 E_MINUS_1 = math.e - 1.0
 
@@ -88,11 +91,15 @@ class SteppedSchedule(LambdaSchedule):
 
 
 class ExpCustomSchedule(LambdaSchedule):
-    """``exp_custom``: ``g/(e-1) * (exp(t/T) - 1)``, from 0 at ``t = 0`` to ``g`` at ``t = T``."""
+    """``exp_custom``: ``g/(e-1) * (exp(t/T) - 1)``, from 0 at ``t = 0`` to ``g`` at ``t = T``.
+
+    The period defaults to an epoch, as in the original (``i`` is the batch within the epoch and
+    ``T`` the batches of an epoch, so lambda climbs within every epoch and starts again at the next).
+    """
 
     name = "exp_custom"
 
-    def __init__(self, reg_granularity_prune: float = 1.0, period: str = "round") -> None:
+    def __init__(self, reg_granularity_prune: float = 1.0, period: str = "epoch") -> None:
         super().__init__(reg_granularity_prune, period)
 
     def exponent(self, x: Tensor) -> Tensor:
@@ -108,7 +115,7 @@ class ExpCustomExponentsSchedule(ExpCustomSchedule):
 
     name = "exp_custom_exponents"
 
-    def __init__(self, reg_granularity_prune: float = 1.0, exponents: float = 4, period: str = "round") -> None:
+    def __init__(self, reg_granularity_prune: float = 1.0, exponents: float = 4, period: str = "epoch") -> None:
         super().__init__(reg_granularity_prune, period)
         if not _is_num(exponents) or not exponents > 0 or math.isinf(exponents):
             raise ValueError(f"schedule.exponents={exponents!r} is invalid: expected a finite number > 0")
@@ -116,6 +123,16 @@ class ExpCustomExponentsSchedule(ExpCustomSchedule):
 
     def exponent(self, x: Tensor) -> Tensor:
         return x.pow(self.exponents)
+
+
+def like(weight: Tensor, mask: Tensor) -> Tensor:
+    """``mask`` in ``weight``'s dtype, device and memory format (channels-last weights get channels-last masks)."""
+    return torch.empty_like(weight).copy_(mask)
+
+
+def dropped_channels(penalised: Tensor, final: Tensor) -> Tensor:
+    """The output channels the round drops: ``final`` (``R_r``) holds none of their weights, ``penalised`` some."""
+    return ~final.flatten(1).any(1) & penalised.flatten(1).any(1)
 
 
 def gradients_of(weights: Sequence[Tensor]) -> list[Tensor]:
@@ -132,7 +149,8 @@ class RSSTPenalty:
     Called once per optimiser step, between ``backward`` and ``step``. Step ``k``
     (1-based) of a period uses ``lambda(k)``, so the last step of a period uses
     ``lambda(T)``. Layers with no penalised weight are left out; weights outside
-    ``P_r`` are never touched.
+    ``P_r`` are never touched. ``weights`` may hold any tensors with a mask of their
+    shape: ``penalty_scope=channels`` adds the BatchNorm scales of the dropped channels.
     """
 
     def __init__(
@@ -150,7 +168,7 @@ class RSSTPenalty:
             raise ValueError(f"need steps_per_epoch >= 1 and epochs >= 1, got {steps_per_epoch} and {epochs}")
         pairs = [(w, p) for w, p in zip(weights, penalised, strict=True) if bool(p.any())]
         self.weights = [w for w, _ in pairs]
-        self.masks = [p.to(w.dtype) for w, p in pairs]
+        self.masks = [like(w, p) for w, p in pairs]  # made once per round, in the weight's own layout
         self.keep = [1 - p for p in self.masks] if block_loss_grad else []
         self.schedule = schedule
         self.block_loss_grad = block_loss_grad

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from rsst.pruning.criteria import Criterion
 from rsst.pruning.masks import Masks, magnitude_prune
 from rsst.pruning.refill import check_fillback_rate, refill
-from rsst.pruning.regularizer import LambdaSchedule, RSSTPenalty
+from rsst.pruning.regularizer import PENALTY_SCOPES, LambdaSchedule, RSSTPenalty, dropped_channels
 
 
 @dataclass
@@ -107,9 +107,18 @@ class Strategy:
         raise NotImplementedError
 
     def penalty(
-        self, plan: RoundPlan, weights: Mapping[str, Tensor], steps_per_epoch: int, epochs: int
+        self,
+        plan: RoundPlan,
+        weights: Mapping[str, Tensor],
+        steps_per_epoch: int,
+        epochs: int,
+        norms: Mapping[str, Tensor] | None = None,
     ) -> Penalty | None:
-        """The gradient penalty of a round planned as ``plan``, called between backward and step; none by default."""
+        """The gradient penalty of a round planned as ``plan``, called between backward and step; none by default.
+
+        ``norms`` maps a conv weight's name to the scale (gamma) of the BatchNorm that normalises its
+        output, for the convs that have one (:func:`rsst.models.norms.following_norms`).
+        """
         return None
 
     def final_masks(self, plan: RoundPlan, penalty: Any) -> Masks:
@@ -162,7 +171,13 @@ class Refill(Strategy):
 
 
 class RSST(Refill):
-    """RSST: train with ``M_r | R_r`` while ``lambda(t) * w`` drives ``P_r = M_r & ~R_r`` to zero; end with ``R_r``."""
+    """RSST: train with ``M_r | R_r`` while ``lambda(t) * w`` drives ``P_r = M_r & ~R_r`` to zero; end with ``R_r``.
+
+    ``penalty_scope``: ``weights`` (the original) penalises ``P_r`` only; ``channels`` also penalises,
+    with the same ``lambda(t)``, the BatchNorm scale of every output channel the round drops (its
+    ``R_r`` row empty while ``M_r`` holds weights in it), so the whole channel fades, not only its
+    conv weights, which BatchNorm would rescale (docs/algorithms.md, section 4).
+    """
 
     name = "rsst"
 
@@ -172,30 +187,50 @@ class RSST(Refill):
         schedule: LambdaSchedule,
         fillback_rate: float = 0.0,
         block_loss_grad: bool = False,
+        penalty_scope: str = "weights",
     ) -> None:
         super().__init__(criteria, fillback_rate)
         if not isinstance(schedule, LambdaSchedule):
             raise ValueError(f"schedule={schedule!r} is invalid: expected a lambda schedule (x, exp_custom, ...)")
         if not isinstance(block_loss_grad, bool):
             raise ValueError(f"block_loss_grad={block_loss_grad!r} is invalid: expected true or false")
+        if penalty_scope not in PENALTY_SCOPES:
+            raise ValueError(
+                f"struct.penalty_scope={penalty_scope!r} is invalid: expected one of {', '.join(PENALTY_SCOPES)}"
+            )
         self.schedule = schedule
         self.block_loss_grad = block_loss_grad
+        self.penalty_scope = penalty_scope
 
     def plan(self, ctx: PruneContext) -> RoundPlan:
         pruned, refilled = self.masks(ctx)
         return RoundPlan(train=pruned.union(refilled), final=refilled, penalised=pruned.minus(refilled))
 
+    def penalised_tensors(
+        self, plan: RoundPlan, weights: Mapping[str, Tensor], norms: Mapping[str, Tensor] | None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The tensors the penalty acts on and their masks: ``P_r``'s weights, then (``channels``) the gammas."""
+        assert plan.penalised is not None
+        names = list(plan.penalised)
+        tensors = [weights[n] for n in names]
+        masks = [plan.penalised[n] for n in names]
+        if self.penalty_scope == "channels" and norms:
+            for n in names:
+                gamma = norms.get(n)
+                if gamma is not None and plan.penalised[n].dim() == 4:
+                    tensors.append(gamma)
+                    masks.append(dropped_channels(plan.penalised[n], plan.final[n]).to(gamma.device))
+        return tensors, masks
+
     def penalty(
-        self, plan: RoundPlan, weights: Mapping[str, Tensor], steps_per_epoch: int, epochs: int
+        self,
+        plan: RoundPlan,
+        weights: Mapping[str, Tensor],
+        steps_per_epoch: int,
+        epochs: int,
+        norms: Mapping[str, Tensor] | None = None,
     ) -> Penalty | None:
         if plan.penalised is None:
             return None
-        names = list(plan.penalised)
-        return RSSTPenalty(
-            [weights[n] for n in names],
-            [plan.penalised[n] for n in names],
-            self.schedule,
-            steps_per_epoch,
-            epochs,
-            self.block_loss_grad,
-        )
+        tensors, masks = self.penalised_tensors(plan, weights, norms)
+        return RSSTPenalty(tensors, masks, self.schedule, steps_per_epoch, epochs, self.block_loss_grad)

@@ -13,7 +13,7 @@ from typing import Any
 
 from rsst.errors import RsstError
 from rsst.folder.layout import CHECKPOINT, CONFIG, ROUNDS, RunFiles, printable
-from rsst.folder.naming import EXCLUDED_KEYS, RunFolderError, read_verified_config
+from rsst.folder.naming import EXCLUDED_KEYS, RunFolderError, drop_neutral, read_verified_config
 from rsst.folder.safeload import load_tensors
 
 log = logging.getLogger("rsst.commands.report")  # the report's logger: its warnings reach rsst.report's stderr
@@ -202,7 +202,7 @@ def find_runs(path: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
     runs, skipped = [], []
     for folder in candidates:
         try:
-            config = read_verified_config(folder)
+            config = drop_neutral(read_verified_config(folder))  # a neutral new key groups with its absence
             rounds_file = RunFiles(folder).rounds
             if not rounds_file.exists():
                 raise Skip(f"{rounds_file} is missing: no round has finished yet")
