@@ -404,7 +404,7 @@ def removed_channels(run_dir: Path, round_: int) -> dict[str, float] | None:
     before, after, weights = (
         load_tensors(p) for p in (files.masks(round_ - 1), files.masks(round_), files.weights(round_))
     )
-    cut_var, cut_gamma, kept_var = [], [], []
+    cut_var, cut_gamma, cut_beta, kept_var = [], [], [], []
     for name, mask in after.items():
         bn = name.replace(".conv", ".bn").removesuffix(".weight")
         if ".conv" not in name or f"{bn}.running_var" not in weights or mask.dim() != 4:
@@ -414,6 +414,7 @@ def removed_channels(run_dir: Path, round_: int) -> dict[str, float] | None:
         var, gamma = weights[f"{bn}.running_var"].float(), weights[f"{bn}.weight"].float().abs()
         cut_var += var[cut].tolist()
         cut_gamma += gamma[cut].tolist()
+        cut_beta += weights[f"{bn}.bias"].float().abs()[cut].tolist()
         kept_var += var[alive].tolist()
     if not cut_var:
         return None
@@ -421,7 +422,52 @@ def removed_channels(run_dir: Path, round_: int) -> dict[str, float] | None:
         "channels_cut": len(cut_var),
         "cut_running_var": statistics.median(cut_var),
         "cut_abs_gamma": statistics.median(cut_gamma),
+        "cut_abs_beta": statistics.median(cut_beta),
         "kept_running_var": statistics.median(kept_var),
+    }
+
+
+def beta_check(run_dir: Path, round_: int, threads: int) -> dict[str, float] | None:
+    """Does the ticket use the constant its cut channels still emit? Test accuracy with and without their beta.
+
+    A cut channel's conv weights are zero, so after BatchNorm (eval mode) it emits the constant
+    ``beta - gamma * mean / sqrt(var + eps)``, which the masked ticket keeps and ``rsst.export`` folds
+    into the next layer. With gamma near zero (``penalty_scope=channels``) that constant is ``beta``.
+    Zeroing the cut channels' beta in the saved ticket and evaluating on the test split shows whether
+    the network relies on it: if not, penalising beta too would change nothing; if it does, penalising
+    beta would take away a constant the ticket keeps for free.
+    """
+    import torch
+    from omegaconf import OmegaConf
+
+    from rsst.commands.export import load_round
+    from rsst.config.checks import build
+    from rsst.folder.naming import read_verified_config
+    from rsst.loop.steps import evaluate
+
+    torch.set_num_threads(threads)
+    loaded = load_round(run_dir, round_, torch.device("cpu"))
+    before = load_round(run_dir, round_ - 1, torch.device("cpu")).masks
+    model = loaded.model
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in loaded.masks:
+                p.mul_(loaded.masks[name])
+    data = build(OmegaConf.create(read_verified_config(run_dir)["dataset"]), "dataset")
+    kept = evaluate(model, data.batches("test", 1000))
+    zeroed = 0
+    with torch.no_grad():
+        for name, mask in loaded.masks.items():
+            bn = name.replace(".conv", ".bn").removesuffix(".weight")
+            if ".conv" not in name or mask.dim() != 4 or not hasattr(model.get_submodule(bn), "bias"):
+                continue
+            cut = before[name].flatten(1).any(1) & ~mask.flatten(1).any(1)
+            model.get_submodule(bn).bias[cut] = 0.0
+            zeroed += int(cut.sum())
+    return {
+        "ticket_test_acc": kept,
+        "beta_zeroed_test_acc": evaluate(model, data.batches("test", 1000)),
+        "channels": zeroed,
     }
 
 
@@ -455,6 +501,43 @@ def removed_table(runs: list[dict[str, Any]], ablations: list[str]) -> tuple[lis
             f"| {avg('cut_abs_gamma'):.3g} | {avg('kept_running_var'):.3g} |"
         )
     return rows, "\n".join(lines)
+
+
+def beta_checks(runs: list[dict[str, Any]], ablations: list[str], out: Path, threads: int) -> list[dict[str, Any]]:
+    """:func:`beta_check` at every pruned round of the ``rsst channels`` runs, cached in ``OUT/beta_check.json``."""
+    cache_file = out / "beta_check.json"
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+        assert isinstance(cache, dict)
+    except (ValueError, AssertionError, OSError):
+        cache = {}
+    rows = []
+    for run in runs:
+        if method_of(run, ablations) != "rsst channels":
+            continue
+        for r in sorted({row["round"] for row in run["rows"] if "branch" not in row} - {0}):
+            key = f"{run['dir'].name}:{r}"
+            if key not in cache:
+                cache[key] = beta_check(run["dir"], r, threads)
+                cache_file.write_text(json.dumps(cache, indent=1) + "\n")
+            rows.append({"seed": run["cfg"]["seed"], "round": r, **cache[key]})
+    return rows
+
+
+def beta_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| round | seeds | ticket test acc | with the cut channels' beta zeroed | difference |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    by: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by.setdefault(row["round"], []).append(row)
+    for r, group in sorted(by.items()):
+        kept = mean_std([g["ticket_test_acc"] for g in group])
+        zeroed = mean_std([g["beta_zeroed_test_acc"] for g in group])
+        diff = mean_std([g["beta_zeroed_test_acc"] - g["ticket_test_acc"] for g in group])
+        lines.append(f"| {r} | {len(group)} | {fmt(kept)} | {fmt(zeroed)} | {fmt(diff)} |")
+    return "\n".join(lines)
 
 
 def cut_costs(runs: list[dict[str, Any]], method: str, ablations: list[str]) -> dict[tuple[int, int], float]:
@@ -718,6 +801,7 @@ def main(argv: list[str] | None = None) -> int:
     ablated = {name: paired(runs, ablation_label(name), "refill", "test_acc", "test_acc", args.ablation)
                for name in args.ablation}  # fmt: skip
     channel_test = intervention(runs, args.ablation)
+    betas = beta_checks(runs, args.ablation, out, int(env["OMP_NUM_THREADS"])) if "channels" in args.ablation else []
     verdict = {
         "ticket": answer(ticket),
         "trained": answer(trained, "RSST as trained", "Refill"),
@@ -744,7 +828,10 @@ def main(argv: list[str] | None = None) -> int:
         "sweep_seconds_all_starts": round(timing["sweep_seconds"], 1),
         "starts": timing["starts"],
     }
-    result = {"summary": summary, "verdict": verdict, "latency": exports, "removed": removed, "settings": settings}
+    result = {
+        "summary": summary, "verdict": verdict, "latency": exports, "removed": removed, "beta": betas,
+        "settings": settings,
+    }  # fmt: skip
     (out / "study.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
         "# Structured study: RSST against Refill (and IMP) on CIFAR-10, ResNet-20",
@@ -789,6 +876,13 @@ def main(argv: list[str] | None = None) -> int:
                 intervention_table(channel_test["rounds"]),
                 "",
                 f"Does it? {channel_test['answer']}.",
+                "",
+                "Beta is not penalised. A cut channel of the channel scope emits the constant beta (its gamma near "
+                "zero), which the masked ticket keeps and `rsst.export` folds into the next layer. Does the ticket "
+                "use it? Test accuracy of the saved ticket, and of the same ticket with the cut channels' beta set "
+                "to zero (fp32, mean ± std over seeds):",
+                "",
+                beta_table(betas),
                 "",
             ]
             if "channels" in args.ablation

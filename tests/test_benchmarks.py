@@ -324,6 +324,9 @@ def test_structured_study_quick_mode_runs_every_arm_on_its_own_cifar_format_file
     assert result["verdict"]["ticket"].startswith(("yes: ", "no: ", "no difference beyond the seed spread"))
     assert [d["round"] for d in result["verdict"]["intervention"]["rounds"]] == [1, 2]
     assert result["verdict"]["intervention"]["answer"].startswith(("yes: ", "partly: ", "no: "))
+    # the beta check evaluates every pruned channel-scope ticket, with and without the cut channels' beta
+    assert {(b["seed"], b["round"]) for b in result["beta"]} == {(s, r) for s in (1, 2) for r in (1, 2)}
+    assert all(b["channels"] > 0 and 0 <= b["beta_zeroed_test_acc"] <= 100 for b in result["beta"])
     for method in ("refill", "rsst"):
         assert {"latency_ms_batch1", "latency_ms_batch256"} <= set(result["latency"][method])
     removed = {(r["method"], r["seed"], r["round"]): r for r in result["removed"]}
