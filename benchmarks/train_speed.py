@@ -233,13 +233,14 @@ def bench_project(
         STD,
         Serving(augment=True, crop_padding=4, loader="device"),
     )
-    weights = list(prunable_weights(model).values())
+    named = prunable_weights(model)
+    weights = list(named.values())
     train_mask, penalised = masks_for(loop, model, device)
-    masks = [] if train_mask is None else list(train_mask.values())
+    masks = []
     if train_mask is None:
         weights = []
-    else:  # masks in the weights' memory format, as the run's masks are
-        masks = [torch.empty_like(w).copy_(m) for w, m in zip(weights, masks, strict=True)]
+    else:  # masks in the weights' memory format, made as the round loop makes them (Masks.like)
+        masks = list(train_mask.like(named).values())
         apply_masks_(weights, masks)
     optimizer = build_optimizer(
         lambda params, **kw: torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, **kw),
@@ -250,7 +251,7 @@ def bench_project(
     scheduler = build_scheduler(optimizer, steps, 0, [], 0.1)
     penalty = None
     if penalised is not None:
-        pen = [torch.empty_like(w).copy_(p) for w, p in zip(weights, penalised.values(), strict=True)]
+        pen = list(penalised.like(named).values())
         penalty = RSSTPenalty(weights, pen, ExpCustomExponentsSchedule(1.0, 4), steps, args.warmup + args.epochs)
     epoch = [0]
 

@@ -52,6 +52,17 @@ def bench(*argv: str, timeout: float = 300):
 
 
 @pytest.mark.slow
+def test_the_mask_layout_benchmark_times_both_layouts_in_one_process_and_prints_their_ratio():
+    proc = bench("benchmarks/mask_layout.py", "--repeats", "20", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["layers"] == 18 and figures["standard_layout_us"] > 0 and figures["weights_layout_us"] > 0
+    assert figures["speedup"] == pytest.approx(figures["standard_layout_us"] / figures["weights_layout_us"], abs=0.01)
+    bad = bench("benchmarks/mask_layout.py", "--repeats", "0")
+    assert bad.returncode == 2 and "--repeats=0: expected an integer >= 1" in bad.stderr
+
+
+@pytest.mark.slow
 def test_quick_mode_prints_one_json_line_per_loop_and_precision_and_the_ratios():
     proc = bench("benchmarks/train_speed.py", "--quick")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -36,7 +36,7 @@ def small_setup(seed: int = 0):
 def one_epoch(model, weights, masks, batches, execution=None, hook=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     sched = build_scheduler(opt, len(batches), 0, [], 0.1)
-    w, m = list(weights.values()), [torch.empty_like(t).copy_(masks[n]) for n, t in weights.items()]
+    w, m = list(weights.values()), list(masks.like(weights).values())  # the loop's masks: in the weights' layout
     return train_epoch(model, batches, opt, sched, w, m, grad_hook=hook, execution=execution)
 
 
@@ -202,8 +202,8 @@ def test_the_rsst_hot_loop_never_synchronises_with_the_gpu():
     model = run.prepare(resnet20(num_classes=10).to(device))
     weights = prunable_weights(model)
     masks = global_magnitude_prune(weights, Masks.ones_like(weights).to(device), 0.2)
-    train = [torch.empty_like(w).copy_(masks[n]) for n, w in weights.items()]
-    penalised = [torch.empty_like(w).copy_(masks[n] * (torch.rand_like(masks[n]) < 0.1)) for n, w in weights.items()]
+    train = list(masks.like(weights).values())  # as the round loop makes them: in the weights' layout
+    penalised = list(Masks({n: m * (torch.rand_like(m) < 0.1) for n, m in masks.items()}).like(weights).values())
     opt = build_optimizer(functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9), model.parameters(), device)
     assert opt.defaults["fused"] is True
     sched = build_scheduler(opt, 4, 1, [], 0.1)

@@ -122,3 +122,31 @@ def test_magnitude_prune_rejects_rates_for_layers_that_are_not_prunable():
     weights = conv_and_fc_weights()
     with pytest.raises(ValueError, match=r"layer rates for layers that are not prunable: \['head'\]"):
         magnitude_prune(weights, Masks.ones_like(weights), 0.1, {"head": 0.2})
+
+
+def test_masks_made_like_channels_last_weights_keep_that_layout_through_pruning_refill_union_and_minus(tmp_path):
+    """The round's masks match their weights' memory format, so the per-step multiply stays on the fused path."""
+    from rsst.pruning.refill import refill
+
+    net = toy_net().to(memory_format=torch.channels_last)
+    weights = {name: m.weight for name, m in convs(net)}
+    cl = torch.channels_last
+    assert all(w.is_contiguous(memory_format=cl) for w in weights.values())
+    assert not weights["0.weight"].is_contiguous()  # a 3x3 kernel: the two layouts differ (a 1x1 one is both)
+    masks = Masks.ones_like(weights)
+    pruned = global_magnitude_prune(weights, masks, 0.3)
+    scores = {n: torch.arange(w.shape[0], dtype=torch.float32) for n, w in weights.items()}
+    refilled = refill(pruned, scores, 0.0)
+    for made in (masks, pruned, refilled, pruned.union(refilled), pruned.minus(refilled), Masks(
+        {n: m.contiguous() for n, m in pruned.items()}
+    ).like(weights)):  # fmt: skip
+        assert all(m.is_contiguous(memory_format=cl) for m in made.values())
+        assert not made["0.weight"].is_contiguous()
+        assert all(m.dtype == torch.float32 for m in made.values())
+    # the same values as in the standard layout: the layout changes where they lie, not what they are
+    plain = {n: w.detach().contiguous() for n, w in weights.items()}
+    assert global_magnitude_prune(plain, Masks.ones_like(plain), 0.3).equal(pruned)
+    assert refill(global_magnitude_prune(plain, Masks.ones_like(plain), 0.3), scores, 0.0).equal(refilled)
+    pruned.save(tmp_path / "m.pt")  # the file holds the standard layout, as before
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert all(t.is_contiguous() and t.dtype == torch.bool for t in saved.values())

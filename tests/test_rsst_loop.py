@@ -280,6 +280,25 @@ def test_a_resumed_rsst_round_continues_the_exact_lambda_sequence(round0, tmp_pa
     assert all(torch.equal(resumed.weights[n], straight.weights[n]) for n in straight.names)
 
 
+@pytest.mark.parametrize("struct", ["rsst", "refill", "imp"])
+def test_a_rounds_masks_are_in_their_weights_memory_format_when_made_and_when_restored(round0, tmp_path, struct):
+    """With channels-last weights (the CPU default) every mask of the plan is channels-last too, made once per round."""
+    loop = loop_at_round_1(round0, tmp_path / "a", f"struct={struct}")
+    cl = torch.channels_last
+    convs = [n for n, w in loop.weights.items() if w.dim() == 4]
+    assert convs and all(loop.weights[n].is_contiguous(memory_format=cl) for n in convs)
+    loop.begin_round()
+    plan = loop.state.plan
+    for masks in (plan.train, plan.final, plan.penalised):
+        if masks is not None:
+            assert all(masks[n].is_contiguous(memory_format=cl) for n in convs)
+    loop.run_epoch()
+    again = loop_at_round_1(round0, tmp_path / "b", f"struct={struct}")
+    again.restore(copy.deepcopy(loop.checkpoint()))
+    assert all(again.state.plan.train[n].is_contiguous(memory_format=cl) for n in convs)
+    assert again.state.plan.train.equal(plan.train)
+
+
 def gamma_round(round0, tmp_path: Path, scope: str, *extra: str) -> dict:
     """Round 1 of RSST with a strong penalty (lambda climbs by 1 a step to 10) under ``scope``, every gamma observed."""
     args = ["struct=rsst", "criteria=l1", "schedule=x", "schedule.update_every=1", "schedule.ceiling=10"]

@@ -33,6 +33,7 @@ def begin(loop: RoundLoop) -> None:
     else:  # shuffle_layerwise: a random mask with the ticket's per-layer counts, from the rewind point
         mask = shuffle_layerwise(state.ticket, gen).to(loop.device)
         loop.model.load_state_dict(state.theta_rewind)
+    mask = mask.like(loop.weights)  # in the weights' layout, as a round's masks
     state.branch, state.plan = name, RoundPlan(train=mask, final=mask)
     apply_masks_(loop.weights.values(), [mask[n] for n in loop.names])
     state.epoch, state.round_seconds = 0, 0.0

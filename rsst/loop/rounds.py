@@ -177,6 +177,10 @@ class RoundLoop:
     def restore(self, blob: dict[str, Any]) -> None:
         """The run as :meth:`checkpoint` saved it."""
         self.state = state = RunState.decode(blob, self.device)
+        if state.plan is not None:  # the masks in their weights' layout, as a round that starts makes them
+            state.plan = state.plan.like(self.weights)
+        if state.ticket is not None:
+            state.ticket = state.ticket.like(self.weights)
         self.model.load_state_dict(blob["model"])
         if state.plan is not None:
             self.new_optimizer()
@@ -266,7 +270,7 @@ class RoundLoop:
                 theta_rewind=state.theta_rewind,
                 dense=self.dense_weights,
             )
-            state.plan = self.share_plan(self.strategy.plan(ctx))
+            state.plan = self.share_plan(self.strategy.plan(ctx)).like(self.weights)
             assert state.theta_rewind is not None, "theta_rewind is set by the end of round 0"
             self.model.load_state_dict(state.theta_rewind)
             self.check_ranks(f"round {r} start", state.plan.train)

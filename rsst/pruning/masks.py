@@ -2,6 +2,10 @@
 
 A mask never shares storage with a weight or with another mask: every function
 here that returns masks returns fresh tensors, and none writes into its inputs.
+A function that derives masks from masks keeps their memory format: a mask made
+:meth:`Masks.like` a channels-last weight stays channels-last through pruning, refill,
+union and difference, so ``torch._foreach_mul_`` multiplies weights and masks of one
+layout on its fast path (one multi-tensor kernel on a GPU).
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ class Masks(dict[str, Tensor]):
 
     def to(self, device: torch.device | str) -> Masks:
         return Masks({name: m.to(device) for name, m in self.items()})
+
+    def like(self, weights: Mapping[str, Tensor]) -> Masks:
+        """Fresh float32 copies on each weight's device and in its memory format (channels-last for NHWC weights).
+
+        The round loop calls it once when a round's masks are made or restored, never per step.
+        """
+        return Masks({n: torch.empty_like(weights[n], dtype=torch.float32).copy_(m) for n, m in self.items()})
 
     def alive(self) -> int:
         """Number of unpruned weights over all layers."""
@@ -61,7 +72,8 @@ class Masks(dict[str, Tensor]):
         return self.keys() == other.keys() and all(torch.equal(m, other[n]) for n, m in self.items())
 
     def save(self, path: str | Path) -> None:
-        atomic_torch_save({n: m.bool().cpu() for n, m in self.items()}, path)
+        """Boolean CPU tensors in the standard (contiguous) layout, whatever layout the masks have in memory."""
+        atomic_torch_save({n: m.bool().cpu().contiguous() for n, m in self.items()}, path)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Masks:
@@ -137,9 +149,10 @@ def magnitude_prune(
 
 
 def unflatten(flat: Tensor, like: Mapping[str, Tensor]) -> Masks:
-    """Cut a flat 0/1 vector (layers concatenated in ``like``'s order) into fresh masks shaped like ``like``."""
+    """Cut a flat 0/1 vector (layers concatenated in ``like``'s order, each in its logical order) into fresh masks
+    shaped and laid out like ``like``."""
     out, offset = Masks(), 0
     for n, ref in like.items():
-        out[n] = flat[offset : offset + ref.numel()].view_as(ref).clone()
+        out[n] = torch.empty_like(ref, dtype=flat.dtype).copy_(flat[offset : offset + ref.numel()].view(ref.shape))
         offset += ref.numel()
     return out

@@ -77,5 +77,6 @@ def refill(
         n = channels_to_keep(int(m.count_nonzero()), m.numel(), c_out, fillback_rate)
         keep = torch.zeros(c_out, dtype=torch.float32)
         keep[top_channels(s, n)] = 1.0
-        out[name] = keep.to(m.device).view(c_out, *([1] * (m.dim() - 1))).expand(m.shape).contiguous()
+        rows = keep.to(m.device).view(c_out, *([1] * (m.dim() - 1))).expand(m.shape)
+        out[name] = torch.empty_like(m, dtype=torch.float32).copy_(rows)  # in the memory format of the mask given
     return out

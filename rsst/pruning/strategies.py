@@ -27,6 +27,11 @@ class RoundPlan:
     penalised: Masks | None = None
     target: int | None = None  # weights the final mask keeps, when the strategy decides it at the round's end
 
+    def like(self, weights: Mapping[str, Tensor]) -> RoundPlan:
+        """The plan with every mask in its weight's device and memory format (:meth:`Masks.like`)."""
+        penalised = None if self.penalised is None else self.penalised.like(weights)
+        return RoundPlan(self.train.like(weights), self.final.like(weights), penalised, self.target)
+
 
 @dataclass
 class PruneContext:
