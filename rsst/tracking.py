@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import secrets
 from collections.abc import Sequence
@@ -12,6 +10,7 @@ from typing import Any
 
 from rsst.folder.atomic import atomic_write_json, atomic_write_text
 from rsst.folder.layout import RunFiles
+from rsst.folder.records import to_csv
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +60,6 @@ class Silent:
 
     def finish(self) -> None:
         pass
-
-
-def to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields)
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -113,7 +113,7 @@ class Prune:
     rewind_epoch: int = int_at_least(0, 0)  # rewind=epoch: to the weights after this many epochs of round 0
     pretrained: Optional[str] = None  # rewind=pretrained: a state_dict file
     include_stem: bool = False  # prune the stem conv too
-    include_fc: bool = False  # prune the classifier too
+    include_fc: bool = False  # prune every Linear layer too (the classifier among them)
     # include_fc: each Linear layer pruned on its own at this rate per round (the convs globally at prune.rate);
     # null (and rate_output null): one global ranking at prune.rate
     rate_fc: Optional[Num] = fraction(None, what=": the rate of each fully connected layer", nullable=True)

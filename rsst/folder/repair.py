@@ -26,8 +26,8 @@ from rsst.folder.atomic import atomic_torch_save, atomic_write_json, atomic_writ
 from rsst.folder.checkpoint import CheckpointError, file_sum, load_checkpoint, mismatch, read_identity
 from rsst.folder.layout import CONFIG, RunFiles, printable
 from rsst.folder.naming import RunFolderError, config_hash
+from rsst.folder.records import to_csv
 from rsst.folder.safeload import load_tensors, load_yaml
-from rsst.tracking import to_csv
 
 log = logging.getLogger("rsst")
 

@@ -41,7 +41,7 @@ def train_epoch(
     multi-process run (``model`` in DistributedDataParallel) it runs after ``backward`` has
     averaged them over the ranks. There ``batches`` are this rank's shards and
     ``global_sizes[b]`` is the size of global batch ``b``: the shard's summed loss is scaled by
-    :func:`rsst.distributed.loss_scale`, so the averaged gradient is the mean-loss gradient of
+    :func:`rsst.parallel.dist.loss_scale`, so the averaged gradient is the mean-loss gradient of
     the whole global batch. Loss and accuracy are accumulated on the device, summed over the
     ranks, and read once at the end.
     """

@@ -171,7 +171,8 @@ def process_group(env: DistEnv, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterato
     except RuntimeError as exc:
         if not env.is_distributed or not is_timeout(exc):
             raise
-        raise CollectiveTimeout(timeout_line(env, timeout_s, stalled_ranks(env, timeout_s))) from None
+        stalled = stalled_ranks(env.rank, env.world_size, timeout_s)
+        raise CollectiveTimeout(timeout_line(env.rank, env.world_size, timeout_s, stalled)) from None
     finally:
         destroy_process_group()
 

@@ -7,14 +7,10 @@ with :func:`timeout_line`; :func:`stalled_ranks` asks the rendezvous store who i
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import torch.distributed as dist
 
 from rsst.errors import RsstError
-
-if TYPE_CHECKING:
-    from rsst.parallel.dist import DistEnv
 
 
 class CollectiveTimeout(RsstError, RuntimeError):
@@ -27,7 +23,7 @@ def is_timeout(exc: BaseException) -> bool:
     return "timed out" in text or "timeout" in text
 
 
-def stalled_ranks(env: DistEnv, timeout_s: float) -> list[int] | None:
+def stalled_ranks(rank: int, world_size: int, timeout_s: float) -> list[int] | None:
     """The ranks that do not answer after a timeout, asked through the rendezvous store; None if it cannot tell.
 
     Every rank that is still running times out in the same collective within moments of the
@@ -39,29 +35,29 @@ def stalled_ranks(env: DistEnv, timeout_s: float) -> list[int] | None:
     try:
         store = dist.distributed_c10d._get_default_store()  # the group's own store (no public accessor)
         store.set_timeout(timedelta(seconds=grace))
-        store.set(f"rsst/alive/{env.rank}", "1")
+        store.set(f"rsst/alive/{rank}", "1")
     except Exception:  # the store is gone or stalled with its host
         return None
     missing = []
-    for rank in range(env.world_size):
-        if rank == env.rank:
+    for other in range(world_size):
+        if other == rank:
             continue
         try:
-            store.wait([f"rsst/alive/{rank}"], timedelta(seconds=grace))
+            store.wait([f"rsst/alive/{other}"], timedelta(seconds=grace))
         except Exception:  # not set within the grace period: this rank does not answer
-            missing.append(rank)
+            missing.append(other)
     return missing
 
 
-def timeout_line(env: DistEnv, timeout_s: float, stalled: list[int] | None) -> str:
+def timeout_line(rank: int, world_size: int, timeout_s: float, stalled: list[int] | None) -> str:
     if stalled:
         who = f"rank{'s' if len(stalled) > 1 else ''} {', '.join(map(str, stalled))}"
-        what = f"{who} of {env.world_size} stalled (stopped, or its node lost)"
+        what = f"{who} of {world_size} stalled (stopped, or its node lost)"
     elif stalled is None:
         what = "the rank that holds the rendezvous store (rank 0) stalled, or its node was lost"
     else:
         what = "every rank answered after the timeout: a collective ran longer than the timeout"
     return (
-        f"rank {env.rank}: a collective waited collective_timeout_s={timeout_s:g} s; {what}. "
+        f"rank {rank}: a collective waited collective_timeout_s={timeout_s:g} s; {what}. "
         "The run stops; the same command resumes from the last saved epoch"
     )
