@@ -1,6 +1,9 @@
-"""``python -m rsst.report``: the report command (:mod:`rsst.commands.report`)."""
+"""Reports, as users call them: ``python -m rsst.report PATH`` and, from Python, ``from rsst.report import report``.
+The code lives in :mod:`rsst.commands.report`."""
+
+from rsst.commands.report import ReportError, format_provenance, main, read_provenance, report
+
+__all__ = ["ReportError", "format_provenance", "main", "read_provenance", "report"]
 
 if __name__ == "__main__":
-    from rsst.commands.report import main
-
     raise SystemExit(main())

@@ -63,14 +63,18 @@ munge_works() {  # a credential round-trip, not the socket file: a dead munged l
 start_munge() {
     munge_works && return 0
     pkill -x munged 2>/dev/null || true
+    for _ in $(seq 10); do running munged || break; sleep 1; done
+    # What an earlier munged left, one run as root included: its socket, lock and pid file, and files it made
+    # as root (its log) that a munged running as munge can neither open nor replace. So the folders are
+    # taken over with everything in them, not only the folders.
     rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
     mkdir -p /run/munge /var/lib/munge /var/log/munge
-    chown munge:munge /run/munge /var/lib/munge /var/log/munge
+    chown -R munge:munge /run/munge /var/lib/munge /var/log/munge
     if [ ! -s /etc/munge/munge.key ]; then
         dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
-        chown munge:munge /etc/munge/munge.key
-        chmod 400 /etc/munge/munge.key
     fi
+    chown munge:munge /etc/munge/munge.key  # a key written by root is unreadable to munged otherwise
+    chmod 400 /etc/munge/munge.key
     runuser -u munge -- munged --force
     local deadline=$((SECONDS + 20))
     while [ "$SECONDS" -lt "$deadline" ]; do

@@ -148,6 +148,18 @@ def pytest_runtest_call(item: pytest.Item):
         return (yield)
 
 
+@pytest.fixture(params=[None, "0", "1"], ids=["HYDRA_FULL_ERROR-unset", "HYDRA_FULL_ERROR=0", "HYDRA_FULL_ERROR=1"])
+def hydra_full_error(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The one-line error contract holds whatever the user's shell exported: a test that takes this fixture runs
+    three times, its launches with ``HYDRA_FULL_ERROR`` unset, ``0`` and ``1`` (a variable Hydra reads when it
+    reports an error, not at import, so the fork server still serves them)."""
+    if request.param is None:
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    else:
+        monkeypatch.setenv("HYDRA_FULL_ERROR", request.param)
+    return request.param
+
+
 @pytest.fixture
 def fast_cfg(tmp_path: Path):
     """Compose a fast config whose outputs go to ``tmp_path``; extra overrides as arguments."""

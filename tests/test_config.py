@@ -131,7 +131,7 @@ def test_launch_exits_non_zero_before_training_on_a_bad_value(override, message,
 
 
 @pytest.mark.slow
-def test_an_unknown_group_option_lists_the_available_ones(tmp_path):
+def test_an_unknown_group_option_lists_the_available_ones(tmp_path, hydra_full_error):
     proc = launch("dataset=imagenet22k", f"paths.root={tmp_path}")
     assert proc.returncode == 2
     assert proc.stderr.startswith("dataset='imagenet22k' is invalid: expected one of cifar10, cifar100, digits")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import CONF, compose_config
 from torch import nn
 
+from rsst.config.checks import build
+from rsst.models import prunable_weights
 from rsst.pruning.criteria import L1, L2, Magnitude, Remain, Saliency
 from rsst.pruning.masks import Masks
 from rsst.pruning.refill import refill
@@ -118,6 +123,105 @@ def test_activation_criteria_match_a_functional_reference(kind):
     expected = reference_scores(model, masks, batches[:2], kind)  # only the first `batches` batches count
     for n in NAMES:
         torch.testing.assert_close(s[n], expected[n])
+
+
+class InplaceReLUNet(nn.Module):
+    """1x1 conv (1 -> 3), ``nn.ReLU(inplace=True)``, 1x1 conv (3 -> 3), ``nn.ReLU(inplace=True)``, pool, linear.
+
+    Weights of both signs and inputs in [-1, 1]: many pre-activations are negative, where ``relu(a) != a`` and
+    dLoss/da is 0 while dLoss/d relu(a) is not. The in-place ReLU overwrites the conv's own output tensor.
+    """
+
+    names = ("body.0.weight", "body.2.weight")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 3, 1), nn.ReLU(inplace=True), nn.Conv2d(3, 3, 1), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.body[0].weight.copy_(torch.tensor([1.0, -2.0, 0.5]).view(3, 1, 1, 1))
+            self.body[0].bias.copy_(torch.tensor([0.1, 0.2, -0.1]))
+            w2 = torch.tensor([[1.0, -1.0, 0.5], [-0.5, 1.0, 1.0], [1.0, 1.0, -2.0]])
+            self.body[2].weight.copy_(w2.view(3, 3, 1, 1))
+            self.body[2].bias.copy_(torch.tensor([0.0, -0.1, 0.2]))
+            self.fc.weight.copy_(torch.tensor([[1.0, -1.0, 0.5], [-1.0, 2.0, -0.5]]))
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+def inplace_reference(model: InplaceReLUNet, masks: Masks, x: torch.Tensor, y: torch.Tensor):
+    """Both conv outputs ``a`` (before the ReLU) and dLoss/da, by a functional forward with out-of-place ReLUs."""
+    conv1, conv2, fc = model.body[0], model.body[2], model.fc
+    w1 = conv1.weight.detach() * masks["body.0.weight"]
+    w2 = conv2.weight.detach() * masks["body.2.weight"]
+    a1 = F.conv2d(x, w1, conv1.bias.detach()).requires_grad_()
+    a2 = F.conv2d(F.relu(a1), w2, conv2.bias.detach())
+    a2.retain_grad()
+    logits = F.linear(F.relu(a2).mean((2, 3)), fc.weight.detach(), fc.bias.detach())
+    F.cross_entropy(logits, y).backward()
+    return {"body.0.weight": (a1.detach(), a1.grad), "body.2.weight": (a2.detach(), a2.grad)}
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2", "saliency"])
+def test_activation_criteria_score_the_conv_output_before_an_inplace_relu(kind):
+    model = InplaceReLUNet()
+    masks = Masks({n: torch.ones_like(model.get_parameter(n)) for n in model.names})
+    masks["body.2.weight"][1, 2] = 0
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(4, 1, 3, 3, generator=gen) * 2 - 1, torch.tensor([0, 1, 1, 0])) for _ in range(2)]
+    reference = [inplace_reference(model, masks, x, y) for x, y in batches]
+    for n in model.names:  # the network has negative pre-activations, and dLoss/da vanishes there
+        a = torch.cat([r[n][0] for r in reference])
+        g = torch.cat([r[n][1] for r in reference])
+        assert 0.2 < float((a < 0).float().mean()) < 0.8
+        assert float(g[a < 0].abs().max()) == 0.0 and float(g[a > 0].abs().max()) > 0.01
+    expected = {n: torch.zeros(3) for n in model.names}
+    for r in reference:
+        for n, (a, g) in r.items():
+            expected[n] += {"l1": a.abs(), "l2": a.square(), "saliency": (a * g).abs()}[kind].sum((0, 2, 3))
+    criterion = {"l1": L1, "l2": L2, "saliency": Saliency}[kind](batches=2)
+    s = criterion.scores(model, masks, lambda: iter(batches))
+    for n in model.names:
+        torch.testing.assert_close(s[n], expected[n])
+        assert float(expected[n].min()) > 0
+
+
+ARCHS = sorted(p.stem for p in (CONF / "arch").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_saliency_is_the_gradient_at_each_layers_own_output_in_every_architecture(arch):
+    """dLoss/da at every prunable layer's output ``a``, taken independently: the layer's output plus a zero leaf."""
+    torch.manual_seed(0)
+    model = build(compose_config([f"arch={arch}"]).arch, "arch")(num_classes=3, in_channels=1, image_size=32)
+    weights = prunable_weights(model, include_stem=True, include_fc=True)  # every conv and linear
+    masks = Masks({n: (torch.rand_like(w) > 0.3).float() for n, w in weights.items()})
+    x, y = torch.randn(2, 1, 32, 32), torch.tensor([0, 2])
+    s = Saliency(batches=1).scores(model, masks, lambda: iter([(x, y)]))
+
+    reference = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for n, m in masks.items():
+            reference.get_parameter(n).mul_(m)
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (a, a zero leaf added to a)
+
+    def probe(name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+            zero = torch.zeros_like(output, requires_grad=True)
+            seen[name] = (output.detach().clone(), zero)
+            return output + zero  # whatever follows in place rewrites this sum, never ``output`` or ``zero``
+
+        return hook
+
+    for n in masks:
+        reference.get_submodule(n.rpartition(".")[0]).register_forward_hook(probe(n))
+    grads = torch.autograd.grad(F.cross_entropy(reference(x), y), [z for _, z in seen.values()])
+    assert set(seen) == set(s)
+    for (n, (a, _)), g in zip(seen.items(), grads, strict=True):
+        dims = [d for d in range(a.dim()) if d != 1]
+        torch.testing.assert_close(s[n], (a * g).abs().sum(dims), rtol=1e-5, atol=1e-7, msg=f"{arch}: {n}")
 
 
 def test_a_silenced_channel_scores_zero_and_is_dropped_by_refill():

@@ -1,5 +1,6 @@
 """The README and docs/ cannot go stale: their tables of options and keys against conf/, their links, anchors and
-file names against the tree, and every command they show composed and validated (or its script and flags checked).
+file names against the tree, every import line of their code blocks run, every Python name they give (``a.b``,
+``f(...)``) resolved, and every command they show composed and validated (or its script and flags checked).
 
 All unit tier: pages are parsed, configs composed in this process with Hydra's compose API. Which slow test runs a
 README command end to end is ``RUN_END_TO_END`` below, checked to name tests that exist.
@@ -8,9 +9,11 @@ README command end to end is ``RUN_END_TO_END`` below, checked to name tests tha
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import importlib
 import importlib.util
+import inspect
 import re
 import shlex
 import sys
@@ -318,22 +321,183 @@ def test_every_markdown_file_a_page_names_exists():
     assert count >= 20, count
 
 
-def test_every_python_name_a_page_gives_imports():
+# -- Python the pages give -----------------------------------------------------------------------------------
+
+# Backticked names that are not Python of the project or its libraries: the formulas' functions and operators, and
+# the pages' local variables (``loss.backward()``, ``ctx.masks``, ``plan.final``). Every other name a page writes as
+# ``name(...)`` or ``a.b`` must resolve.
+NOT_CODE = {
+    "ceil", "conv", "exp", "f", "floor", "lambda", "min", "relu", "round", "sum", "supp",  # formulas
+    "ctx", "interval", "loss", "module", "penalty", "plan",  # variables and placeholders of the pages
+}  # fmt: skip
+ALIASES = {"nn": "torch.nn", "F": "torch.nn.functional", "np": "numpy"}
+BARE_LIBRARY_NAMES = ("torchvision.transforms",)  # where a page's bare ``RandomResizedCrop(224)`` comes from
+FILE_SUFFIXES = {"bin", "csv", "gz", "json", "log", "md", "png", "pt", "py", "tar", "toml", "yaml"}
+REFERENCE = re.compile(r"(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?P<call>\(.*\))?")
+
+
+@functools.cache
+def project_index() -> tuple[dict[str, list[str]], dict[str, list[str]], frozenset[str]]:
+    """``({top-level function or class: modules}, {module basename: modules}, every method and attribute name)``.
+
+    Read from the source of ``rsst/`` (and the tests' ``helpers``), without importing anything.
+    """
+    defined: dict[str, list[str]] = {}
+    modules: dict[str, list[str]] = {"helpers": ["helpers"]}
+    members: set[str] = set()
+    for path in sorted((ROOT / "rsst").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        modules.setdefault(module.rpartition(".")[2], []).append(module)
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined.setdefault(node.name, []).append(module)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        members.add(item.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+                members.add(node.attr)
+    return defined, modules, frozenset(members)
+
+
+def instance_attribute(cls: type, attr: str) -> bool:
+    """``attr`` is set on instances of ``cls``: a dataclass field, an annotation, or a ``self.attr = ...``."""
+    for klass in cls.__mro__:
+        if attr in getattr(klass, "__annotations__", {}):
+            return True
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        if re.search(rf"\bself\.{attr}\s*(?::[^=]+)?=[^=]", source):
+            return True
+    return False
+
+
+def follow(obj: object, path: str, attrs: list[str]) -> str | None:
+    """Why ``getattr(obj, a1).a2...`` fails (``path`` names ``obj``), or None; an instance attribute ends the walk."""
+    for attr in attrs:
+        if hasattr(obj, attr):
+            obj, path = getattr(obj, attr), f"{path}.{attr}"
+        elif isinstance(obj, type) and instance_attribute(obj, attr):
+            return None  # its type is the instance's: nothing further can be checked without one
+        else:
+            return f"{path} has no {attr}"
+    return None
+
+
+def resolve_import(parts: list[str]) -> str | None:
+    """Why ``a.b.c`` fails as the longest module ``parts[:i]`` that imports and attributes after it, or None."""
+    for i in range(len(parts), 0, -1):
+        try:
+            module = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        return follow(module, ".".join(parts[:i]), parts[i:])
+    return f"nothing of the project or its libraries is called {parts[0]}"
+
+
+def unresolved(name: str, call: bool, added: set[str] = frozenset()) -> str | None:
+    """Why the dotted ``name`` a page gives (``call``: written ``name(...)``) names nothing, or None.
+
+    ``added``: the classes and functions the page's own code blocks define (docs/extending.md's).
+    """
+    head, *attrs = name.split(".")
+    if head == "rsst":
+        return resolve_import([head, *attrs])
+    if head in default_config() or head in GROUPS or head == "hydra":
+        return None  # a config key: test_every_config_key_a_page_names_exists
+    defined, modules, members = project_index()
+    candidates = [(m, [head, *attrs]) for m in defined.get(head, [])] + [(m, attrs) for m in modules.get(head, [])]
+    if candidates:
+        reasons = [follow(importlib.import_module(m), m, path) for m, path in candidates]
+        return None if None in reasons else "; ".join(reasons)
+    if head in added or head in NOT_CODE:
+        return None
+    if not attrs and call and head in members:
+        return None  # a method of the project's, called by its bare name (``final_masks(plan, penalty)``)
+    for library in BARE_LIBRARY_NAMES:
+        if hasattr(importlib.import_module(library), head):
+            return follow(getattr(importlib.import_module(library), head), head, attrs)
+    return resolve_import([*ALIASES.get(head, head).split("."), *attrs])
+
+
+def references(text: str) -> list[tuple[str, bool]]:
+    """``(dotted name, written as a call)`` of every backticked ``a.b.c``, ``name(...)`` or ``a.b(...)``."""
+    out = []
+    for token in backticked(text):
+        match = REFERENCE.fullmatch(token)
+        if match is None:
+            continue
+        name, call = match["name"], match["call"] is not None
+        if not call and ("." not in name or name.rpartition(".")[2] in FILE_SUFFIXES):
+            continue  # a bare word (a value, an option) or a file name
+        out.append((name, call))
+    return out
+
+
+def test_every_python_name_a_page_gives_resolves():
+    """``rsst.a.b``, ``rsst.a.f(...)``, ``Class.method(...)``, ``module.function``, ``function(...)``: each names
+    something that imports (a class's instance attribute counts), unless it is a formula or a page's variable."""
+    count = calls = 0
+    for page in PAGES:
+        text = page.read_text()
+        added = {name for _, name in page_additions(text)}
+        for name, call in references(text):
+            reason = unresolved(name, call, added)
+            assert reason is None, f"{rel(page)} names `{name}{'(...)' if call else ''}`: {reason}"
+            count += 1
+            calls += call
+    assert count >= 100 and calls >= 40, (count, calls)
+
+
+def page_additions(text: str) -> set[tuple[str, str]]:
+    """``(module, name)`` for every class and function a page's code blocks add to a module they name first
+    (``# rsst/config/schema.py``): docs/extending.md's, which tests/test_docs_extending.py runs in a scratch copy."""
+    out = set()
+    for lang, body in code_blocks(text):
+        first = body.splitlines()[0] if body else ""
+        if lang == "python" and re.fullmatch(r"# [\w/]+\.py", first):
+            module = first[2:].removesuffix(".py").replace("/", ".")
+            tree = ast.parse(body)
+            out |= {(module, n.name) for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    return out
+
+
+def import_statements(text: str) -> list[ast.Import | ast.ImportFrom]:
+    """Every ``import`` and ``from ... import`` of the page's code blocks: a Python block's whole tree, and any
+    other block's lines that parse as one."""
+    out = []
+    for lang, body in code_blocks(text):
+        if lang == "python":
+            out += [n for n in ast.walk(ast.parse(body)) if isinstance(n, (ast.Import, ast.ImportFrom))]
+            continue
+        for line in body.splitlines():
+            if re.match(r"\s*(import|from)\s+[\w.]+", line):
+                out += ast.parse(line.strip()).body
+    return out
+
+
+def test_every_import_line_of_a_code_block_runs():
+    """As a reader would paste it; only the names a page itself adds to a module (docs/extending.md's schema rows)
+    are left to tests/test_docs_extending.py, which runs those blocks in a scratch copy of the project."""
     count = 0
     for page in PAGES:
-        for token in backticked(page.read_text()):
-            if re.fullmatch(r"rsst(\.\w+)+", token):
-                module, attr = token, None
-                while True:
-                    try:
-                        obj = importlib.import_module(module)
-                        break
-                    except ModuleNotFoundError:
-                        module, _, attr = module.rpartition(".")
-                if attr is not None:
-                    assert hasattr(obj, attr), f"{rel(page)} names `{token}`: {module} has no {attr}"
+        text = page.read_text()
+        added = page_additions(text)
+        for node in import_statements(text):
+            if isinstance(node, ast.ImportFrom):
+                node.names = [a for a in node.names if (node.module, a.name) not in added]
+            if node.names:
+                line = ast.unparse(node)
+                try:
+                    exec(compile(line, str(page), "exec", dont_inherit=True), {})
+                except ImportError as exc:
+                    pytest.fail(f"{rel(page)}: `{line}` fails: {exc}")
                 count += 1
-    assert count >= 5, count
+    assert count >= 15, count
 
 
 # -- commands ------------------------------------------------------------------------------------------------

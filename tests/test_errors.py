@@ -91,7 +91,7 @@ def test_a_model_file_does_not_import_the_config_layer():
 
 
 @pytest.mark.slow
-def test_a_bad_value_is_one_line_on_stderr_and_nothing_on_stdout(tmp_path):
+def test_a_bad_value_is_one_line_on_stderr_and_nothing_on_stdout(tmp_path, hydra_full_error):
     proc = launch("prune.rate=1.5", f"paths.root={tmp_path}", env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if "prune.rate" in line]

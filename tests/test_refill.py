@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rsst.pruning.criteria import L1, Magnitude, Remain
-from rsst.pruning.masks import Masks, global_magnitude_prune
+from rsst.pruning.masks import Masks
 from rsst.pruning.refill import channels_to_keep, refill, top_channels
 from rsst.pruning.regularizer import ExpCustomSchedule
 from rsst.pruning.strategies import RSST, PruneContext, Refill, magnitude_mask
@@ -108,28 +108,48 @@ def test_refill_rejects_a_fillback_rate_outside_0_1():
         Refill(Remain(), fillback_rate=-0.1)
 
 
-class TwoConv(nn.Module):
+class HandPicked(nn.Module):
+    """``conv1``: 4 filters of 1x2 weights; ``conv2``: 3 filters of 4 (1x1 over 4 channels). 20 weights whose
+    magnitudes are all distinct, so every step of a Refill round can be worked out by hand."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3, bias=False)
-        self.conv2 = nn.Conv2d(4, 4, 3, bias=False)
+        self.conv1 = nn.Conv2d(1, 4, (1, 2), bias=False)
+        self.conv2 = nn.Conv2d(4, 3, 1, bias=False)
+        with torch.no_grad():
+            self.conv1.weight.copy_(
+                torch.tensor([[0.9, 0.1], [0.6, 0.55], [-1.0, 0.2], [0.05, -0.15]]).view(4, 1, 1, 2)
+            )
+            w2 = [[0.4, -0.45, 0.01, 0.02], [1.2, 0.03, 0.04, 0.06], [0.36, 0.37, 0.38, 0.25]]
+            self.conv2.weight.copy_(torch.tensor(w2).view(3, 4, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.conv1(x)).mean((2, 3))
 
 
-def test_refill_strategy_trains_and_ends_with_the_refill_of_the_magnitude_mask():
-    torch.manual_seed(0)
-    model = TwoConv()
+def test_refill_strategy_trains_and_ends_with_the_hand_derived_channels_of_the_magnitude_mask():
+    model = HandPicked()
     weights = {n: p.detach() for n, p in model.named_parameters()}
     ticket = Masks.ones_like(weights)
     ctx = PruneContext(round=1, model=model, weights=weights, masks=ticket, rate=0.5, batches=lambda: iter([]))
     plan = Refill(Magnitude(), fillback_rate=0.0).plan(ctx)
-    pruned = global_magnitude_prune(weights, ticket, 0.5)
-    expected = refill(pruned, Magnitude().scores(model, pruned, ctx.batches), 0.0)
-    assert plan.train.equal(expected) and plan.final.equal(expected) and plan.penalised is None
+    # M_1: rate 0.5 of 20 alive removes the 10 smallest |w| (0.01 .. 0.25); the 10 from 0.36 up stay.
+    m1 = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]).view(4, 1, 1, 2)
+    m2 = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]]).view(3, 4, 1, 1)
+    assert torch.equal(magnitude_mask(ctx)["conv1.weight"], m1) and torch.equal(magnitude_mask(ctx)["conv2.weight"], m2)
+    # conv1: 4 of 8 alive, n = floor(4/8 * 4) = 2; masked L1 per channel 0.9, 1.15, 1.0, 0 keeps channels 1 and 2
+    # (by the count of survivors, `remain`, it would be channels 1 and 0). conv2: 6 of 12 alive, n = floor(1.5) = 1;
+    # masked L1 0.85, 1.2, 1.11 keeps channel 1, whose single survivor outweighs channel 2's three.
+    r1 = torch.tensor([0.0, 1.0, 1.0, 0.0]).view(4, 1, 1, 1).expand(4, 1, 1, 2)
+    r2 = torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1, 1).expand(3, 4, 1, 1)
+    for masks in (plan.train, plan.final):
+        assert torch.equal(masks["conv1.weight"], r1) and torch.equal(masks["conv2.weight"], r2)
+    assert plan.penalised is None
     assert plan.train["conv1.weight"].data_ptr() != plan.final["conv1.weight"].data_ptr()
     assert ticket.equal(Masks.ones_like(weights))
+    by_count = Refill(Remain(), fillback_rate=0.0).plan(ctx).final  # conv1: channels 0 and 2 tie; the lower index wins
+    assert by_count["conv1.weight"][:, 0, 0, 0].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert by_count["conv2.weight"][:, 0, 0, 0].tolist() == [0.0, 0.0, 1.0]
 
 
 class ConvFC(nn.Module):

@@ -24,8 +24,6 @@ from rsst.pruning.strategies import RSST, PruneContext
 # the module whose train_epoch the round loop calls (the tests spy on it)
 run_module = importlib.import_module("rsst.loop.epochs")
 
-DIGITS_TRAIN = 1797 - 180 - 180  # the embedded data set's training split
-
 
 def storages(masks) -> list[int]:
     return [t.untyped_storage().data_ptr() for t in masks.values()]
@@ -463,17 +461,45 @@ def test_every_criterion_runs_a_round(tmp_path):
         assert [r["round"] for r in rows] == [0, 1] and rows[1]["channel_sparsity"] > 0
 
 
-@pytest.mark.slow
-def test_every_schedule_runs_a_round_and_ends_at_its_formula(tmp_path):
-    names = ["x", "x2", "x3", "exp", "exp_custom", "exp_custom_exponents"]
-    proc = launch("-m", *E2E, "struct=rsst", f"schedule={','.join(names)}", f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    T = -(-DIGITS_TRAIN // 128)  # one epoch of batches of 128: the last step uses lambda(T)
-    u = T // 5
-    end = {"x": u * 1e-4, "x2": (u * 1e-4) ** 2, "x3": (u * 1e-4) ** 3, "exp": math.exp(u * 1e-4), "exp_custom": 1.0}
-    end["exp_custom_exponents"] = 1.0
-    lambdas = sorted(rows[1]["reg_lambda"] for rows in sweep_rounds(tmp_path).values())
-    assert lambdas == pytest.approx(sorted(end.values()), rel=1e-5)
+def notch(k: int) -> float:
+    """The x family's argument ``min(u*g, ceiling)`` at its defaults (g = 1e-4, u a notch every 5 steps, ceiling 1)."""
+    return min(k // 5 * 1e-4, 1.0)
+
+
+def epoch_ramp(k: int, steps: int, n: float) -> float:
+    """``g/(e-1) * (exp((t/T)^n) - 1)`` at g = 1, ``T`` an epoch: step ``k`` of the round is step ``t`` of its epoch."""
+    t = (k - 1) % steps + 1
+    return (math.exp((t / steps) ** n) - 1) / (math.e - 1)
+
+
+# Each schedule's lambda at step k (1-based) of a round of epochs of `steps` steps, at its conf defaults, written
+# from docs/algorithms.md's table: the x family over the round, exp_custom and exp_custom_exponents per epoch.
+CURVES = {
+    "x": lambda k, steps: notch(k),
+    "x2": lambda k, steps: notch(k) ** 2,
+    "x3": lambda k, steps: notch(k) ** 3,
+    "exp": lambda k, steps: math.exp(notch(k)),
+    "exp_custom": lambda k, steps: epoch_ramp(k, steps, 1),
+    "exp_custom_exponents": lambda k, steps: epoch_ramp(k, steps, 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CURVES))
+def test_every_schedule_runs_a_round_along_its_own_formula_at_every_step(name, round0, tmp_path):
+    loop = loop_at_round_1(round0, tmp_path, "struct=rsst", "criteria=magnitude", f"schedule={name}")
+    loop.begin_round()
+    penalty = loop.penalty = PenaltySpy(loop.penalty, loop.weights)
+    for _ in range(loop.cfg.train.epochs):
+        loop.run_epoch()
+    record = loop.end_round()
+    steps = loop.data.num_batches("train", loop.cfg.train.batch_size)
+    seen = [lam for _, _, lam in penalty.steps]
+    assert len(seen) == 2 * steps and steps >= 10  # two epochs of the round: both periods show
+    want = {other: [curve(k, steps) for k in range(1, 2 * steps + 1)] for other, curve in CURVES.items()}
+    assert seen == pytest.approx(want[name], rel=1e-5, abs=1e-30)
+    assert record["reg_lambda"] == pytest.approx(want[name][-1], rel=1e-5, abs=1e-30)
+    for other in CURVES.keys() - {name}:  # no other schedule's curve passes for this one
+        assert seen != pytest.approx(want[other], rel=1e-3, abs=1e-30), other
 
 
 @pytest.mark.slow

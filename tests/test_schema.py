@@ -42,7 +42,7 @@ def test_a_wrong_type_key_or_option_is_refused_while_composing_with_one_line(ove
 
 
 @pytest.mark.slow
-def test_launch_prints_a_compose_error_as_one_line_on_stderr_with_exit_2(tmp_path):
+def test_launch_prints_a_compose_error_as_one_line_on_stderr_with_exit_2(tmp_path, hydra_full_error):
     proc = launch("train.epochs=abc", f"paths.root={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip() == "train.epochs='abc' is invalid: expected an integer >= 1"
@@ -116,7 +116,7 @@ def test_a_grid_sweep_is_expanded_in_the_launchers_order_from_the_public_parser(
 
 
 @pytest.mark.slow
-def test_a_sweep_with_a_job_that_does_not_compose_runs_nothing(tmp_path):
+def test_a_sweep_with_a_job_that_does_not_compose_runs_nothing(tmp_path, hydra_full_error):
     proc = launch("-m", "train.epochs=1,abc", f"hydra.sweep.dir={tmp_path / 'sweep'}", "progress=false")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "1 of 2 jobs have an invalid config; nothing was run" in proc.stderr

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,11 +40,13 @@ SLURM = [
 ]
 
 
+SCRIPT = ROOT / "scripts" / "slurm_local.sh"
+
+
 @pytest.fixture(scope="module")
 def slurm_env():
-    script = ROOT / "scripts" / "slurm_local.sh"
-    subprocess.run(["bash", str(script), "start"], check=True, capture_output=True, text=True, timeout=120)
-    conf = subprocess.run(["bash", str(script), "conf"], check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["bash", str(SCRIPT), "start"], check=True, capture_output=True, text=True, timeout=120)
+    conf = subprocess.run(["bash", str(SCRIPT), "conf"], check=True, capture_output=True, text=True).stdout.strip()
     env = {**os.environ, "SLURM_CONF": conf, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     yield env
 
@@ -58,6 +62,47 @@ def sweep(env, sweep_dir: Path, *args: str, wait: bool = True, base: tuple[str, 
 
 def run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p for p in sweep_dir.iterdir() if (p / "config.yaml").exists())
+
+
+MUNGE_RUN = Path("/run/munge")
+MUNGE_LOG = Path("/var/log/munge/munged.log")
+
+
+def munged_pids() -> list[int]:
+    """The live (not zombie) munged processes."""
+    out = subprocess.run(["ps", "-C", "munged", "-o", "pid=,stat="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, stat in (line.split() for line in out.splitlines()) if not stat.startswith("Z")]
+
+
+def end(pid: int, sig: signal.Signals) -> None:
+    os.kill(pid, sig)
+    deadline = time.time() + 20
+    while pid in munged_pids():
+        assert time.time() < deadline, f"munged {pid} outlived {sig.name}"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="it runs munged as root, where the leftovers it tests come from")
+def test_start_recovers_from_what_a_munged_run_as_root_left_behind(slurm_env):
+    """A munged started by root and killed leaves a root-owned log, pid file, socket and lock, which a munged running as
+    the munge user can neither open nor replace: start takes them over and the cluster answers again."""
+    for pid in munged_pids():  # the cluster's own munged, which runs as munge
+        end(pid, signal.SIGTERM)
+    MUNGE_LOG.unlink(missing_ok=True)  # the first munged of a machine, run as root, creates its log as root's
+    subprocess.run(["munged", "--force"], check=True, capture_output=True, timeout=30)
+    (root_munged,) = munged_pids()
+    end(root_munged, signal.SIGKILL)  # killed, it removes nothing
+    left = [MUNGE_LOG, MUNGE_RUN / "munged.pid", MUNGE_RUN / "munge.socket.2", MUNGE_RUN / "munge.socket.2.lock"]
+    assert [path.lstat().st_uid for path in left] == [0, 0, 0, 0]
+    proc = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    munge_uid = pwd.getpwnam("munge").pw_uid
+    (pid,) = munged_pids()
+    assert Path(f"/proc/{pid}").stat().st_uid == munge_uid and MUNGE_LOG.stat().st_uid == munge_uid
+    credential = subprocess.run(["munge", "-n"], capture_output=True, check=True, timeout=10).stdout
+    assert subprocess.run(["unmunge"], input=credential, capture_output=True, timeout=10).returncode == 0
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], env=slurm_env, capture_output=True, text=True, timeout=30)
+    assert states.stdout.split() and set(states.stdout.split()) <= {"idle", "mixed", "allocated"}, states
 
 
 def test_a_2x2_grid_on_slurm_finishes_and_reports_four_rows(slurm_env, tmp_path):

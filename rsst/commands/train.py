@@ -65,7 +65,8 @@ def main() -> None:
     """The command: Hydra composes and runs :func:`task`; a config it cannot compose is one line and exit 2.
 
     Hydra prints its own compose errors over several lines with exit 1, unless ``HYDRA_FULL_ERROR``
-    is set, when it raises them. It is set here so that a wrong type, key or option reaches
+    is exactly ``1``, when it raises them. It is set to ``1`` here, whatever the user's shell exported
+    (unset, ``0``, anything), so that a wrong type, key or option always reaches
     :func:`rsst.config.checks.compose_error`, which names the key, the value and what is allowed.
     Anything else keeps its traceback.
     """
@@ -74,7 +75,7 @@ def main() -> None:
 
     from rsst.config.checks import compose_error  # noqa: PLC0415
 
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # not setdefault: an exported 0 would give Hydra's lines and exit 1
     try:
         task()
     except (HydraException, OmegaConfBaseException) as exc:

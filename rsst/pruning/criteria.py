@@ -4,8 +4,10 @@ Every criterion scores the network that refill is about to cut: the trained
 weights of the previous round with the unstructured mask ``M_r`` applied. The
 activation criteria (``l1``, ``l2``, ``saliency``) read each prunable layer's OWN
 output, through a forward hook on the module that holds that weight, in eval
-mode (BatchNorm uses and keeps its running statistics). A criterion leaves the
-model exactly as it found it: weights, buffers, ``.grad`` and train/eval modes.
+mode (BatchNorm uses and keeps its running statistics). The activation ``a`` is the
+layer's output before any in-place op after it (``nn.ReLU(inplace=True)``) rewrites
+it. A criterion leaves the model exactly as it found it: weights, buffers, ``.grad``
+and train/eval modes.
 """
 
 from __future__ import annotations
@@ -69,14 +71,17 @@ class ActivationCriterion(Criterion):
 
     def scores(self, model: nn.Module, masks: Mapping[str, Tensor], batches: Batches) -> dict[str, Tensor]:
         totals = {n: torch.zeros(m.shape[0], device=m.device) for n, m in masks.items()}
-        pending: list[tuple[str, Tensor, Tensor]] = []  # (name, value, output) waiting for dLoss/doutput
+        pending: list[tuple[str, Tensor]] = []  # (name, the layer's output a) waiting for dLoss/da
 
         def hook_for(name: str):
-            def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-                if self.needs_grad:
-                    pending.append((name, output.detach().clone(), output))
-                else:  # reduce at once: a later in-place op on the output cannot change the score
+            def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+                if not self.needs_grad:  # reduce at once: a later in-place op on the output cannot change the score
                     totals[name] += self.reduce(output.detach(), None).to(totals[name].device)
+                    return None
+                # The network goes on with a copy, so an in-place op after the layer (``nn.ReLU(inplace=True)``)
+                # rewrites the copy and ``output`` stays ``a``: the gradient is dLoss/da, not dLoss/d relu(a).
+                pending.append((name, output))
+                return output.clone()
 
             return hook
 
@@ -89,10 +94,10 @@ class ActivationCriterion(Criterion):
                         logits = model(x)
                         if not (self.needs_grad and pending):
                             continue
-                        outputs = [out for _, _, out in pending]
+                        outputs = [out for _, out in pending]
                         grads = torch.autograd.grad(F.cross_entropy(logits, y), outputs, allow_unused=True)
-                    for (name, value, _), grad in zip(pending, grads, strict=True):
-                        totals[name] += self.reduce(value, grad).to(totals[name].device)
+                    for (name, value), grad in zip(pending, grads, strict=True):
+                        totals[name] += self.reduce(value.detach(), grad).to(totals[name].device)
         finally:
             for h in handles:
                 h.remove()
