@@ -246,6 +246,24 @@ def test_a_space_that_reaches_an_invalid_value_is_refused_before_any_trial(compo
     )
 
 
+def test_every_trial_is_checked_before_launch_and_one_breaking_a_rule_fails_without_running(composing, tmp_path):
+    """Nesterov needs momentum: each value runs on its own, so the space passes; the pair fails as a trial."""
+    sweep_dir = tmp_path / "checked"
+    space = ["optimizer.nesterov=choice(true, false)", "optimizer.momentum=choice(0, 0.9)"]
+    sweeper, _ = set_up(*TINY, *space, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={sweep_dir}")
+    sweep_dir.mkdir()
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL)))
+    study = optuna.create_study(storage=storage, study_name="rsst_lambda", direction="maximize")
+    study.enqueue_trial({"optimizer.nesterov": True, "optimizer.momentum": 0}, skip_if_exists=False)
+    with pytest.raises(SystemExit) as ended:  # no trial completed
+        sweeper.sweep([])
+    assert ended.value.code == 1
+    (trial,) = study_of(sweep_dir).trials
+    assert trial.state == TrialState.FAIL and trial.value is None
+    assert trial.user_attrs["error"].startswith("its config cannot run: optimizer.nesterov=true is invalid")
+    assert run_dirs(sweep_dir) == []  # never launched
+
+
 # -- end to end: launch.py -m, real trials ----------------------------------------------------------------------
 
 

@@ -89,11 +89,9 @@ def ask(study: Any, sampler: dict[str, Any], distributions: dict[str, Any]) -> A
     from rsst.search.settings import make_sampler  # noqa: PLC0415
 
     seed = sampler.get("seed")
-    number = len(study.get_trials(deepcopy=False))
+    number = len(study.get_trials(deepcopy=False))  # the new trial's number (a trial enqueued by hand: its own)
     study.sampler = make_sampler(sampler, None if seed is None else derive_seed(seed, "trial", number))
-    trial = study.ask(distributions)
-    assert trial.number == number, "one writer per study: the sweep folder is locked"
-    return trial
+    return study.ask(distributions)
 
 
 def reopen(study: Any, frozen: Any) -> Any:

@@ -81,7 +81,9 @@ class OptunaSweeper(Sweeper):
             )
         base = self._check(self.fixed, "the search's base config (the command line without the searched keys)")
         self.settings.objective.check_rounds(int(base.prune.rounds))
-        # All keys at once, probe by probe (as many composes as the longest list); the culprit is found key by key.
+        # All keys at once, probe by probe (as many composes as the longest list); a key whose value cannot run
+        # on its own is found key by key and refused. A combination that breaks a rule between keys is not: it
+        # fails alone, as a trial, when its config is checked before launch.
         for i in range(max(len(p.probes) for p in self.space.values())):
             probe = {key: p.probes[i % len(p.probes)] for key, p in self.space.items()}
             if job_problem(self.config, [*self.fixed, *overrides(probe)]) is None:
@@ -89,7 +91,6 @@ class OptunaSweeper(Sweeper):
             for key, value in probe.items():
                 where = f"the search space's {key}={self.space[key].text} reaches {key}={override_value(value)}, which"
                 self._check([*self.fixed, f"{key}={override_value(value)}"], f"{where} cannot run")
-            self._check([*self.fixed, *overrides(probe)], f"the search space's values {' '.join(overrides(probe))}")
 
     def _folder(self, config: DictConfig, identity: dict[str, Any]) -> Path:
         """``hydra.sweep.dir`` when the command gives it; else one named by the search, the same for the same command.
