@@ -30,6 +30,7 @@ SHARED_RUNS = {
     "real_run",
     "lenet_runs",
     "resnet_runs",
+    "searched",
 }
 
 
@@ -50,6 +51,7 @@ SUBPROCESS_FIXTURES = {
     "installed",
     "slurm_env",
     "uninterrupted",
+    "searched",
 }
 TRAINING_FIXTURES = {"round0", "rsst_round", "admm_round0"}
 

@@ -32,8 +32,9 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
 EXTENDING = DOCS / "extending.md"  # its commands name the options it adds: tests/test_docs_extending.py
-GROUPS = ("dataset", "arch", "struct", "criteria", "schedule", "optimizer", "logger", "experiment")
-LAUNCHERS = ("hydra/launcher",)  # conf/hydra/launcher, plus Hydra's built-in ``basic``
+GROUPS = ("dataset", "arch", "struct", "criteria", "schedule", "optimizer", "logger", "experiment", "hparams_search")
+PRESETS = ("experiment", "hparams_search")  # groups of whole settings (``@package _global_``), not of one node
+LAUNCHERS = ("hydra/launcher", "hydra/sweeper")  # conf/hydra/launcher and conf/hydra/sweeper, plus Hydra's ``basic``
 MAX_README_LINES = 200
 # Files a page names that a command writes, not files of the repository.
 OUTPUT_FILES = {"report.md", "study.md"}
@@ -131,9 +132,10 @@ def default_config() -> DictConfig:
 
 @functools.cache
 def launcher_keys() -> frozenset[str]:
-    """``hydra.*`` keys with the Slurm launcher (it has the local one's keys and more)."""
+    """``hydra.*`` keys with the Slurm launcher (it has the local one's keys and more) and the Optuna sweeper."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        overrides = ["hydra/launcher=slurm", "hydra/sweeper=optuna"]
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     flat = OmegaConf.to_container(cfg.hydra, resolve=False)
     return frozenset(_dotted(flat, "hydra"))
 
@@ -150,7 +152,7 @@ def key_exists(key: str) -> bool:
     head, _, rest = key.partition(".")
     if head == "hydra":
         return key in launcher_keys()
-    if head in GROUPS and head != "experiment":
+    if head in GROUPS and head not in PRESETS:
         return rest.split(".")[0] in option_keys(head)
     return OmegaConf.select(default_config(), key, default="<absent>") != "<absent>"
 

@@ -22,6 +22,7 @@ from rsst.folder.naming import RunFolderError
 from rsst.folder.safeload import UnloadableFile
 from rsst.parallel.agree import PeerFailed
 from rsst.parallel.dist import RanksDisagree
+from rsst.search.study import SearchError
 
 # Each user-facing error and the built-in type it has always been (older ``except`` clauses still catch it).
 USER_ERRORS = {
@@ -41,6 +42,7 @@ USER_ERRORS = {
     PeerFailed: RuntimeError,
     RanksDisagree: RuntimeError,
     UnloadableFile: ValueError,
+    SearchError: RuntimeError,
 }
 
 

@@ -17,7 +17,7 @@ import pytest
 from helpers import CONF, ROOT, python
 
 # What a wheel is built from (the copy keeps build/ and egg-info out of the checkout).
-SOURCES = ("pyproject.toml", "README.md", "rsst", "conf")
+SOURCES = ("pyproject.toml", "README.md", "rsst", "conf", "hydra_plugins")
 SCRIPTS = {
     "rsst-train": "rsst.commands.train:main",
     "rsst-report": "rsst.commands.report:main",
@@ -41,12 +41,16 @@ def setuptools_config() -> dict:
 
 
 def test_the_wheel_lists_every_package_under_rsst_and_ships_conf_as_rsst_conf():
-    """An explicit package list (conf/ is mapped in): a new subpackage must be added, not silently left out."""
+    """An explicit package list (conf/ is mapped in): a new subpackage must be added, not silently left out.
+
+    ``hydra_plugins`` is Hydra's namespace package (no ``__init__.py``): only the plugin inside it is listed.
+    """
     setup = setuptools_config()
     declared = setup["packages"]
     found = {
         ".".join(d.relative_to(ROOT).parts)
-        for d in [ROOT / "rsst", *(ROOT / "rsst").rglob("*")]
+        for top in ("rsst", "hydra_plugins")
+        for d in [ROOT / top, *(ROOT / top).rglob("*")]
         if d.is_dir() and any(d.glob("*.py"))
     }
     assert len(declared) == len(set(declared))
@@ -114,6 +118,7 @@ def test_the_wheel_holds_the_configs_and_declares_the_console_scripts(installed)
     shipped = {f"rsst/conf/{p.relative_to(CONF).as_posix()}" for p in CONF.rglob("*.yaml")}
     assert "rsst/conf/struct/rsst.yaml" in shipped and "rsst/conf/hydra/help/rsst.yaml" in shipped
     assert shipped <= names, sorted(shipped - names)
+    assert "hydra_plugins/rsst_search/__init__.py" in names  # hydra/sweeper=optuna's class, where Hydra looks
     parser = configparser.ConfigParser()
     parser.read_string(entry_points)
     assert dict(parser["console_scripts"]) == SCRIPTS
@@ -135,6 +140,10 @@ def test_the_installed_copy_trains_reports_and_exports_outside_the_checkout(inst
 
     refused = installed.script("rsst-train", "prune.rate=1.5")
     assert refused.returncode == 2 and "prune.rate=1.5 is invalid" in refused.stderr, refused.stderr[-2000:]
+
+    searched = installed.script("rsst-train", "-m", "hparams_search=rsst_lambda", "hydra.sweeper.direction=up")
+    assert searched.returncode == 2, searched.stderr[-2000:]  # the sweeper was found, built and checked its keys
+    assert searched.stderr.startswith("hydra.sweeper.direction='up' is invalid"), searched.stderr[-2000:]
 
     trained = installed.script("rsst-train", *TINY_REFILL)  # paths.root: runs/ where it is started
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import FAST, ROOT, read_rounds
 
 from rsst.commands.report import report
@@ -136,6 +138,27 @@ def test_a_job_failing_on_the_cluster_is_listed_by_its_own_sweep(slurm_env, tmp_
     summary = [line for line in out.splitlines() if line.startswith("  #")]
     assert len(summary) == 1 and summary[0].startswith("  #1 ") and "arch.width=100000" in summary[0], summary
     assert [len(read_rounds(d)) for d in run_dirs(sweep_dir) if (d / "rounds.json").is_file()] == [2]
+
+
+def test_a_search_on_slurm_runs_a_batch_of_trials_as_jobs_and_its_rerun_submits_nothing(slurm_env, tmp_path):
+    sweep_dir = tmp_path / "search"
+    args = ("hparams_search=rsst_lambda", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "prune.rounds=2",
+            "train.epochs=1")  # fmt: skip
+    sweep(slurm_env, sweep_dir, *args)
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["trials"] == {"complete": 2} and len(results["best_params"]) == 3
+    tasks = array_tasks(sweep_dir)
+    assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1  # the batch: one array, a task a trial
+    assert len(run_dirs(sweep_dir)) == 2
+    best = Path(results["best_run_dir"])
+    assert best.parent == sweep_dir and results["best_value"] == read_rounds(best)[1]["best_val_acc"]
+    sweep(slurm_env, sweep_dir, *args)
+    assert array_tasks(sweep_dir) == tasks  # the study is complete: nothing was submitted again
+
+
+def array_tasks(sweep_dir: Path) -> list[str]:
+    """The Slurm array tasks submitit ran for a sweep (``<job>_<task>``)."""
+    return sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"[0-9]+_[0-9]+", p.name))
 
 
 def epochs_done(run_dir_parent: Path) -> int:

@@ -57,8 +57,22 @@ def task(cfg: DictConfig) -> dict[str, Any]:
             from rsst.config.sweeps import record_failure  # noqa: PLC0415
 
             record_failure(hc.sweep.dir, hc.job.num, list(hc.overrides.task), message)
-            return {"error": message}
+            return {"error": message, "error_type": type(exc).__name__}
         sys.exit(2)
+
+
+def register_sweeper() -> None:
+    """Make ``hydra/sweeper=optuna`` instantiable however rsst is installed.
+
+    Hydra finds plugins by walking its ``hydra_plugins`` namespace package, which the import hook of an
+    editable install does not list; so the sweeper's class is also registered by name through Hydra's
+    public ``Plugins.register`` (the same class the walk finds where it can).
+    """
+    from hydra.core.plugins import Plugins  # noqa: PLC0415
+
+    from hydra_plugins.rsst_search import OptunaSweeper  # noqa: PLC0415
+
+    Plugins.instance().register(OptunaSweeper)
 
 
 def main() -> None:
@@ -68,7 +82,8 @@ def main() -> None:
     is exactly ``1``, when it raises them. It is set to ``1`` here, whatever the user's shell exported
     (unset, ``0``, anything), so that a wrong type, key or option always reaches
     :func:`rsst.config.checks.compose_error`, which names the key, the value and what is allowed.
-    Anything else keeps its traceback.
+    A user error raised outside a job (a search's sweeper refusing its settings) is one line and exit 2
+    as well. Anything else keeps its traceback.
     """
     from hydra.errors import HydraException  # noqa: PLC0415
     from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
@@ -76,8 +91,12 @@ def main() -> None:
     from rsst.config.checks import compose_error  # noqa: PLC0415
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # not setdefault: an exported 0 would give Hydra's lines and exit 1
+    register_sweeper()
     try:
         task()
+    except RsstError as exc:
+        report_error(one_line(exc))
+        sys.exit(2)
     except (HydraException, OmegaConfBaseException) as exc:
         message = compose_error(exc)
         if message is None:

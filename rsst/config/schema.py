@@ -271,7 +271,7 @@ class DenseNet(ResNet):
 @dataclass
 class Refill(Target):
     criteria: Any = MISSING
-    fillback_rate: Num = MISSING
+    fillback_rate: Num = rule(MISSING, "a number in [0, 1]", lambda v: _finite(v) and 0 <= v <= 1)
 
 
 @dataclass

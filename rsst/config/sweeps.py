@@ -13,6 +13,9 @@ every launcher (basic, submitit local, submitit Slurm) without replacing any:
   ``hydra.sweep.dir`` keep their failures apart;
 - after the sweep, the failures are listed one line each and the sweep exits with status 1.
 
+A hyperparameter search (:mod:`rsst.search`) is left to its sweeper: it checks its space and every
+trial itself, and records a failed trial as failed in its study (the search goes on).
+
 Hydra turns a callback's exceptions into warnings, so the callback ends the process itself
 (``SystemExit`` passes through): exit 2 for a refused Slurm sweep, 1 for a sweep with failed jobs.
 """
@@ -43,6 +46,7 @@ log = logging.getLogger("rsst")
 
 FAILED_DIR = ".failed"
 SWEEP_ID_VAR = "RSST_SWEEP_ID"
+SEARCH_SWEEPER = "hydra_plugins.rsst_search.OptunaSweeper"  # conf/hydra/sweeper/optuna.yaml (rsst.search)
 
 
 def stop(message: str, status: int) -> None:
@@ -103,26 +107,37 @@ def job_overrides(config: DictConfig) -> list[list[str]] | None:
     return [list(job) for job in itertools.product(*axes)]
 
 
-def check_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[list[str], list[str]]:
-    """``(jobs that do not compose, jobs that compose but break a rule)``, one ``#i overrides: error`` line each.
+def job_problem(config: DictConfig, overrides: list[str]) -> tuple[bool, str] | None:
+    """None if the job ``overrides`` composes and passes every rule; else ``(composes, the one-line error)``.
 
     The device is not checked: a launching host (a login node) need not have the jobs' GPUs.
     """
     from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
 
-    loader = GlobalHydra.instance().config_loader()
+    try:
+        job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
+    except Exception as exc:  # noqa: BLE001  (a compose error of any kind: the job's config is at fault)
+        return False, compose_error(exc) or one_line(exc)
+    try:
+        validate_config(job, check_device=False)
+    except RsstError as exc:
+        return True, one_line(exc)
+    return None
+
+
+def check_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[list[str], list[str]]:
+    """``(jobs that do not compose, jobs that compose but break a rule)``, one ``#i overrides: error`` line each."""
     broken, invalid = [], []
     for i, overrides in enumerate(jobs):
-        try:
-            job = loader.load_sweep_config(config, overrides)
-        except Exception as exc:  # noqa: BLE001  (a compose error of any kind: the job's config is at fault)
-            broken.append(f"#{i} {describe(overrides)}: {compose_error(exc) or one_line(exc)}")
-            continue
-        try:
-            validate_config(job, check_device=False)
-        except RsstError as exc:
-            invalid.append(f"#{i} {describe(overrides)}: {one_line(exc)}")
+        problem = job_problem(config, overrides)
+        if problem is not None:
+            (invalid if problem[0] else broken).append(f"#{i} {describe(overrides)}: {problem[1]}")
     return broken, invalid
+
+
+def is_search(config: DictConfig) -> bool:
+    """A hyperparameter search (``hydra/sweeper=optuna``): its sweeper checks, launches and reports its own trials."""
+    return str(config.hydra.sweeper.get("_target_", "")) == SEARCH_SWEEPER
 
 
 class SweepChecks(Callback):
@@ -131,6 +146,8 @@ class SweepChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # this sweep's own id, inherited by its jobs: another sweep into the same folder has its own records
         os.environ[SWEEP_ID_VAR] = new_sweep_id()
+        if is_search(config):  # its trials are drawn as it runs; the sweeper checks its space and each trial
+            return
         jobs = job_overrides(config)
         if jobs is None:
             log.warning("this sweep's jobs are chosen as it runs: each is checked when it starts")
@@ -155,7 +172,7 @@ class SweepChecks(Callback):
         shutil.rmtree(failures_dir(config.hydra.sweep.dir), ignore_errors=True)  # read: the summary below has them
         with contextlib.suppress(OSError):  # and .failed itself once no sweep has records in it
             (Path(config.hydra.sweep.dir) / FAILED_DIR).rmdir()
-        if failures:
+        if failures and not is_search(config):  # a search records failed trials in its study and its results
             jobs = job_overrides(config)
             total = len(jobs) if jobs is not None else "?"
             stop(
