@@ -330,11 +330,15 @@ def test_every_markdown_file_a_page_names_exists():
 # ``name(...)`` or ``a.b`` must resolve.
 NOT_CODE = {
     "ceil", "conv", "exp", "f", "floor", "lambda", "min", "relu", "round", "sum", "supp",  # formulas
-    "ctx", "interval", "loss", "module", "penalty", "plan",  # variables and placeholders of the pages
+    "ctx", "loss", "module", "penalty", "plan",  # variables and placeholders of the pages
+    "choice", "interval", "range", "tag",  # Hydra's override grammar (a search space), not Python
 }  # fmt: skip
-ALIASES = {"nn": "torch.nn", "F": "torch.nn.functional", "np": "numpy"}
+ALIASES = {
+    "nn": "torch.nn", "F": "torch.nn.functional", "np": "numpy",
+    "Study": "optuna.study.Study", "Trial": "optuna.trial.Trial",  # docs/architecture.md's search section
+}  # fmt: skip
 BARE_LIBRARY_NAMES = ("torchvision.transforms",)  # where a page's bare ``RandomResizedCrop(224)`` comes from
-FILE_SUFFIXES = {"bin", "csv", "gz", "json", "log", "md", "png", "pt", "py", "tar", "toml", "yaml"}
+FILE_SUFFIXES = {"bin", "csv", "db", "gz", "journal", "json", "log", "md", "png", "pt", "py", "tar", "toml", "yaml"}
 REFERENCE = re.compile(r"(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?P<call>\(.*\))?")
 
 

@@ -17,7 +17,7 @@ import pytest
 from helpers import CONF, ROOT, python
 
 # What a wheel is built from (the copy keeps build/ and egg-info out of the checkout).
-SOURCES = ("pyproject.toml", "README.md", "rsst", "conf", "hydra_plugins")
+SOURCES = ("pyproject.toml", "README.md", "rsst", "conf")
 SCRIPTS = {
     "rsst-train": "rsst.commands.train:main",
     "rsst-report": "rsst.commands.report:main",
@@ -41,16 +41,12 @@ def setuptools_config() -> dict:
 
 
 def test_the_wheel_lists_every_package_under_rsst_and_ships_conf_as_rsst_conf():
-    """An explicit package list (conf/ is mapped in): a new subpackage must be added, not silently left out.
-
-    ``hydra_plugins`` is Hydra's namespace package (no ``__init__.py``): only the plugin inside it is listed.
-    """
+    """An explicit package list (conf/ is mapped in): a new subpackage must be added, not silently left out."""
     setup = setuptools_config()
     declared = setup["packages"]
     found = {
         ".".join(d.relative_to(ROOT).parts)
-        for top in ("rsst", "hydra_plugins")
-        for d in [ROOT / top, *(ROOT / top).rglob("*")]
+        for d in [ROOT / "rsst", *(ROOT / "rsst").rglob("*")]
         if d.is_dir() and any(d.glob("*.py"))
     }
     assert len(declared) == len(set(declared))
@@ -118,7 +114,6 @@ def test_the_wheel_holds_the_configs_and_declares_the_console_scripts(installed)
     shipped = {f"rsst/conf/{p.relative_to(CONF).as_posix()}" for p in CONF.rglob("*.yaml")}
     assert "rsst/conf/struct/rsst.yaml" in shipped and "rsst/conf/hydra/help/rsst.yaml" in shipped
     assert shipped <= names, sorted(shipped - names)
-    assert "hydra_plugins/rsst_search/__init__.py" in names  # hydra/sweeper=optuna's class, where Hydra looks
     parser = configparser.ConfigParser()
     parser.read_string(entry_points)
     assert dict(parser["console_scripts"]) == SCRIPTS

@@ -12,7 +12,7 @@ from helpers import ROOT
 RANKS = {
     "export": 7, "report": 7,  # the -m shims: the user-facing names of the commands' functions
     "__init__": 6, "commands": 6,  # the commands (rsst/__init__.py exposes rsst.run)
-    "loop": 5,  # the round loop
+    "loop": 5, "search": 5,  # the round loop; the hyperparameter search (its trials are runs, launched by Hydra)
     "data": 4, "models": 4, "pruning": 4, "tracking": 4, "runtime": 4,  # what the loop is built from
     "config": 3, "parallel": 3,  # the config schema and checks; processes and collectives
     "folder": 2,  # the run folder

@@ -62,17 +62,11 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 
 
 def register_sweeper() -> None:
-    """Make ``hydra/sweeper=optuna`` instantiable however rsst is installed.
+    """Make ``hydra/sweeper=optuna`` instantiable, from a checkout or any install: the sweeper's class is
+    registered by name through Hydra's public ``Plugins.register`` (:func:`rsst.search.sweeper.register`)."""
+    from rsst.search.sweeper import register  # noqa: PLC0415
 
-    Hydra finds plugins by walking its ``hydra_plugins`` namespace package, which the import hook of an
-    editable install does not list; so the sweeper's class is also registered by name through Hydra's
-    public ``Plugins.register`` (the same class the walk finds where it can).
-    """
-    from hydra.core.plugins import Plugins  # noqa: PLC0415
-
-    from hydra_plugins.rsst_search import OptunaSweeper  # noqa: PLC0415
-
-    Plugins.instance().register(OptunaSweeper)
+    register()
 
 
 def main() -> None:

@@ -3,5 +3,5 @@
 ``settings`` (the sweeper's keys, checked), ``objective`` (the validation figure a search tunes),
 ``space`` (Hydra's sweep grammar as Optuna distributions), ``study`` (the study in the sweep folder:
 storage, identity, resume, seeded sampling), ``results`` (what the sweep folder gets) and ``sweeper``
-(the Hydra sweeper tying them together; ``hydra_plugins/rsst_search`` registers it with Hydra).
+(the Hydra sweeper tying them together, registered with Hydra under its plugin name).
 """

@@ -12,14 +12,18 @@ opens the study and runs batches of ``n_jobs`` trials until the study holds ``n_
   error, a divergence, a crash) is told as failed with its one-line reason, never as a number;
 - the results (:mod:`rsst.search.results`) are rewritten after every batch.
 
-Hydra instantiates sweepers only from its ``hydra_plugins`` namespace package, so Hydra sees this class
-as ``hydra_plugins.rsst_search.OptunaSweeper`` (a subclass with that name and nothing else).
+Hydra instantiates a sweeper only when its class is registered and its name lies in Hydra's
+``hydra_plugins`` namespace. Rather than a top-level ``hydra_plugins/`` folder beside ``rsst/``,
+:func:`hydra_plugin` gives Hydra this class under the name ``hydra_plugins.rsst_search.OptunaSweeper``
+(a subclass with that name and nothing else), and the command registers it (:func:`register`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -234,3 +238,28 @@ class OptunaSweeper(Sweeper):
             " ".join(overrides(results["best_params"])), best_command(self.fixed, results["best_params"]),
             self.sweep_dir / RESULTS,
         )  # fmt: skip
+
+
+PLUGIN_MODULE = "hydra_plugins.rsst_search"  # conf/hydra/sweeper/optuna.yaml's _target_ is this module's class
+
+
+def hydra_plugin() -> type[OptunaSweeper]:
+    """:class:`OptunaSweeper` as ``hydra_plugins.rsst_search.OptunaSweeper``, made once per process.
+
+    The module is put in ``sys.modules`` too, so that the class is found by that name wherever
+    Python looks a class up by its module (pickle, Hydra's own checks).
+    """
+    module = sys.modules.get(PLUGIN_MODULE)
+    if module is None:
+        module = types.ModuleType(PLUGIN_MODULE, "rsst's Optuna sweeper, under the name Hydra accepts")
+        plugin = type(
+            "OptunaSweeper", (OptunaSweeper,), {"__module__": PLUGIN_MODULE, "__doc__": OptunaSweeper.__doc__}
+        )
+        module.OptunaSweeper = plugin  # type: ignore[attr-defined]
+        sys.modules[PLUGIN_MODULE] = module
+    return module.OptunaSweeper  # type: ignore[no-any-return]
+
+
+def register() -> None:
+    """Register :func:`hydra_plugin` with Hydra (``Plugins.register``, public); idempotent."""
+    Plugins.instance().register(hydra_plugin())
