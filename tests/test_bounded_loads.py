@@ -16,6 +16,7 @@ from helpers import ROOT
 from rsst.folder.checkpoint import CheckpointError, load_checkpoint, read_identity
 from rsst.folder.naming import RunFolderError, read_verified_config
 from rsst.folder.safeload import UnloadableFile, UnreadableYaml, load_tensors, load_yaml
+from rsst.folder.tickets import load_masks
 from rsst.pruning.masks import Masks
 
 
@@ -98,7 +99,7 @@ def test_an_inflating_checkpoint_and_mask_file_are_one_line_each(inflating_pt, t
     with pytest.raises(CheckpointError, match="is unreadable .*compressed"):
         read_identity(inflating_pt)
     with pytest.raises(UnloadableFile, match="compressed"):
-        Masks.load(inflating_pt)
+        Masks(load_masks(inflating_pt))
 
 
 def test_an_archive_beyond_what_the_caller_allows_is_refused(tmp_path):
@@ -113,7 +114,7 @@ def test_a_mask_file_that_is_not_a_mapping_of_tensors_is_one_line(tmp_path):
     path = tmp_path / "round_1.pt"
     torch.save({"conv.weight": [1, 2]}, path)
     with pytest.raises(UnloadableFile, match="not a mapping of weight names to mask tensors"):
-        Masks.load(path)
+        Masks(load_masks(path))
 
 
 PEAK = """

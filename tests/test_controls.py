@@ -11,6 +11,7 @@ import torch
 from helpers import FAST, compose_config, launch, python, read_rounds
 from hydra.utils import instantiate
 
+from rsst.folder.tickets import load_masks
 from rsst.loop.run import RoundLoop, epoch_seed, resolve_precision
 from rsst.loop.steps import evaluate
 from rsst.pruning.controls import control_seed, is_channel_ticket, shuffle_layerwise
@@ -134,9 +135,9 @@ def test_a_run_with_controls_records_each_control_beside_its_ticket(controlled):
         (1, "reinit"),
         (1, "shuffle_layerwise"),
     ]
-    ticket = Masks.load(controlled / "masks" / "round_1.pt")
-    assert Masks.load(controlled / "masks" / "round_1_reinit.pt").equal(ticket)
-    shuffled = Masks.load(controlled / "masks" / "round_1_shuffle_layerwise.pt")
+    ticket = Masks(load_masks(controlled / "masks" / "round_1.pt"))
+    assert Masks(load_masks(controlled / "masks" / "round_1_reinit.pt")).equal(ticket)
+    shuffled = Masks(load_masks(controlled / "masks" / "round_1_shuffle_layerwise.pt"))
     assert {n: int(m.sum()) for n, m in shuffled.items()} == {n: int(m.sum()) for n, m in ticket.items()}
     assert not shuffled.equal(ticket)
     assert rows[2]["remain_weight"] == rows[3]["remain_weight"] == pytest.approx(rows[1]["remain_weight"])
@@ -177,7 +178,7 @@ def ticket_accuracy(run_dir: Path, round_: int, overrides: list[str]) -> float:
     data = instantiate(cfg.dataset)
     model = instantiate(cfg.arch)(num_classes=data.num_classes, in_channels=data.in_channels, image_size=8)
     model.load_state_dict(torch.load(run_dir / "weights" / f"round_{round_}.pt", weights_only=True))
-    masks = Masks.load(run_dir / "masks" / f"round_{round_}.pt")
+    masks = Masks(load_masks(run_dir / "masks" / f"round_{round_}.pt"))
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, m in masks.items():

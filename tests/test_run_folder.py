@@ -24,6 +24,7 @@ from rsst import run
 from rsst.folder.checkpoint import CheckpointError
 from rsst.folder.lock import RunLockedError
 from rsst.folder.naming import RunFolderError, config_hash, read_verified_config
+from rsst.folder.tickets import load_masks
 from rsst.loop.run import resolve_precision
 from rsst.pruning.masks import Masks
 
@@ -84,7 +85,9 @@ def test_a_kill_between_the_final_checkpoint_and_rounds_json_is_repaired_by_the_
     assert comparable(read_rounds(run_dir)) == comparable(read_rounds(finished))
     assert rows_of_csv(run_dir / "metrics.csv") == rows_of_csv(finished / "metrics.csv")
     for r in range(3):
-        assert Masks.load(run_dir / "masks" / f"round_{r}.pt").equal(Masks.load(finished / "masks" / f"round_{r}.pt"))
+        assert Masks(load_masks(run_dir / "masks" / f"round_{r}.pt")).equal(
+            Masks(load_masks(finished / "masks" / f"round_{r}.pt"))
+        )
 
 
 @pytest.mark.slow
@@ -107,7 +110,9 @@ def test_missing_or_corrupt_files_are_rebuilt_from_the_checkpoint_and_temporarie
     assert rows_of_csv(run_dir / "metrics.csv") == rows_of_csv(finished / "metrics.csv")
     assert without_paths(run_dir / "config.yaml") == without_paths(finished / "config.yaml")
     for r in range(3):
-        assert Masks.load(run_dir / "masks" / f"round_{r}.pt").equal(Masks.load(finished / "masks" / f"round_{r}.pt"))
+        assert Masks(load_masks(run_dir / "masks" / f"round_{r}.pt")).equal(
+            Masks(load_masks(finished / "masks" / f"round_{r}.pt"))
+        )
     rebuilt = torch.load(run_dir / "weights" / "round_2.pt", weights_only=True)
     reference = torch.load(finished / "weights" / "round_2.pt", weights_only=True)
     assert rebuilt.keys() == reference.keys() and all(torch.equal(rebuilt[k], reference[k]) for k in reference)

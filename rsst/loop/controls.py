@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rsst.folder.tickets import save_masks
 from rsst.loop.record import control_record
 from rsst.pruning.controls import control_seed, shuffle_layerwise
 from rsst.pruning.masks import apply_masks_
@@ -48,7 +49,7 @@ def end(loop: RoundLoop) -> dict[str, Any]:
     r, name, mask = state.round - 1, state.branch, state.plan.train
     rows = [row for row in state.epoch_rows if row["round"] == r and row.get("branch") == name]
     record = control_record(r, name, rows, mask.density(), mask.channel_sparsity(), state.round_seconds)
-    loop.write(lambda: mask.save(loop.files.masks(r, name)))
+    loop.write(lambda: save_masks(mask, loop.files.masks(r, name)))
     state.round_rows.append(record)
     state.pending.pop(0)
     state.branch, state.epoch, state.plan = None, 0, None

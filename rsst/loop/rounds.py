@@ -24,6 +24,7 @@ from rsst.folder.checkpoint import clone_state, file_sum, mismatch, save_checkpo
 from rsst.folder.layout import RunFiles
 from rsst.folder.naming import RunFolderError, config_hash, hashed_config
 from rsst.folder.safeload import UnloadableFile, load_tensors
+from rsst.folder.tickets import save_masks
 from rsst.loop import controls
 from rsst.loop.epochs import Epochs, epoch_seed
 from rsst.loop.optim import build_optimizer, build_scheduler
@@ -361,7 +362,7 @@ class RoundLoop:
         state.tickets[r] = {n: m.bool().cpu() for n, m in final.items()}
 
         def write_ticket() -> None:
-            final.save(self.files.masks(r))
+            save_masks(final, self.files.masks(r))
             atomic_torch_save(self.model.state_dict(), self.files.weights(r))
             for path in (self.files.masks(r), self.files.weights(r)):  # the checkpoint records what was written
                 state.file_sums[path.relative_to(self.run_dir).as_posix()] = file_sum(path)

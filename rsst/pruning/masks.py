@@ -11,13 +11,9 @@ layout on its fast path (one multi-tensor kernel on a GPU).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor
-
-from rsst.folder.atomic import atomic_torch_save
-from rsst.folder.safeload import UnloadableFile, load_tensors
 
 
 class Masks(dict[str, Tensor]):
@@ -70,17 +66,6 @@ class Masks(dict[str, Tensor]):
 
     def equal(self, other: Masks) -> bool:
         return self.keys() == other.keys() and all(torch.equal(m, other[n]) for n, m in self.items())
-
-    def save(self, path: str | Path) -> None:
-        """Boolean CPU tensors in the standard (contiguous) layout, whatever layout the masks have in memory."""
-        atomic_torch_save({n: m.bool().cpu().contiguous() for n, m in self.items()}, path)
-
-    @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Masks:
-        data = load_tensors(path)
-        if not isinstance(data, dict) or not all(isinstance(m, Tensor) for m in data.values()):
-            raise UnloadableFile(f"{path}: not a mapping of weight names to mask tensors")
-        return cls({n: m.to(device=device, dtype=torch.float32) for n, m in data.items()})
 
     def validate(self, weights: Mapping[str, Tensor]) -> None:
         """Raise if the masks do not cover exactly ``weights`` with 0/1 tensors of the same shapes."""
