@@ -22,14 +22,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from rsst.config.location import conf_dir
-from rsst.errors import RsstError, one_line
+from rsst.errors import INTERRUPTED, INTERRUPTED_STARTING, RsstError, one_line, shown
 
 log = logging.getLogger("rsst")
 
 
 def report_error(message: str) -> None:
-    """``message`` on one line to stderr, and to the ``rsst`` logger's own handlers (``run.log`` while one is
-    attached); not through the root logger, whose console handler Hydra points at stdout."""
+    """``message`` on one printable line of bounded length (:func:`rsst.errors.shown`) to stderr, and to the
+    ``rsst`` logger's own handlers (``run.log`` while one is attached); not through the root logger, whose
+    console handler Hydra points at stdout."""
+    message = shown(message)
     sys.stderr.write(f"{message}\n")
     sys.stderr.flush()
     if log.handlers:
@@ -67,12 +69,13 @@ def main() -> None:
     Hydra prints its own compose errors over several lines with exit 1, unless ``HYDRA_FULL_ERROR``
     is set, when it raises them. It is set here so that a wrong type, key or option reaches
     :func:`rsst.config.checks.compose_error`, which names the key, the value and what is allowed.
-    Anything else keeps its traceback.
+    An integer of more digits than Python converts is one line too, and so is Ctrl-C before the run
+    started (exit 130). Anything else keeps its traceback.
     """
     from hydra.errors import HydraException  # noqa: PLC0415
     from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
 
-    from rsst.config.checks import compose_error  # noqa: PLC0415
+    from rsst.config.checks import compose_error, long_integer_error  # noqa: PLC0415
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
@@ -83,6 +86,15 @@ def main() -> None:
             raise
         report_error(message)
         sys.exit(2)
+    except ValueError as exc:  # Hydra's override parser reading an integer longer than Python converts
+        message = long_integer_error(exc, sys.argv[1:])
+        if message is None:
+            raise
+        report_error(message)
+        sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C while torch or the loop still import: the run's own handler is not in place
+        report_error(INTERRUPTED_STARTING)
+        sys.exit(INTERRUPTED)
 
 
 if __name__ == "__main__":

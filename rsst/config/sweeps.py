@@ -36,7 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from rsst.config.checks import compose_error, validate_config
-from rsst.errors import RsstError, one_line
+from rsst.errors import RsstError, one_line, shown
 from rsst.folder.atomic import atomic_write_json
 
 log = logging.getLogger("rsst")
@@ -52,7 +52,8 @@ def stop(message: str, status: int) -> None:
 
 
 def describe(overrides: Sequence[str]) -> str:
-    return " ".join(overrides) or "(no overrides)"
+    """A job's overrides as they are echoed: one printable line of bounded length (:func:`rsst.errors.shown`)."""
+    return shown(" ".join(overrides)) or "(no overrides)"
 
 
 def new_sweep_id() -> str:
@@ -116,7 +117,7 @@ def check_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[list[str], li
         try:
             job = loader.load_sweep_config(config, overrides)
         except Exception as exc:  # noqa: BLE001  (a compose error of any kind: the job's config is at fault)
-            broken.append(f"#{i} {describe(overrides)}: {compose_error(exc) or one_line(exc)}")
+            broken.append(f"#{i} {describe(overrides)}: {shown(compose_error(exc) or str(exc))}")
             continue
         try:
             validate_config(job, check_device=False)
