@@ -6,7 +6,14 @@ single run with one line on stderr and exit 2. In a sweep the job fails alone: t
 the other jobs and ends the sweep with a summary of the failures (see ``rsst/config/sweeps.py``).
 """
 
-from rsst.commands.train import main
+import sys
 
 if __name__ == "__main__":
+    try:  # Hydra and the platform load here: a Ctrl-C meanwhile is one line, as everywhere after
+        from rsst.commands.train import main
+    except KeyboardInterrupt:
+        from rsst.errors import INTERRUPTED, INTERRUPTED_STARTING
+
+        sys.stderr.write(f"{INTERRUPTED_STARTING}\n")
+        raise SystemExit(INTERRUPTED) from None
     main()

@@ -357,3 +357,34 @@ def test_structured_study_quick_mode_runs_every_arm_on_its_own_cifar_format_file
     assert again.returncode == 0, again.stderr[-2000:]
     assert "new run in" not in again.stderr and "epoch 1/1" not in again.stderr
     assert json.loads((out / "study.json").read_text())["summary"] == result["summary"]
+
+
+def test_structured_study_refuses_an_out_that_is_a_file_in_one_line(tmp_path, capsys):
+    study = load_benchmark("structured_study")
+    file = tmp_path / "study.txt"
+    file.write_text("not a folder\n")
+    with pytest.raises(SystemExit) as stopped:
+        study.main(["--out", str(file), "--no-train"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(f"error: --out={str(file)!r} is a file: expected a folder (made if missing)")
+    )
+    assert file.read_text() == "not a folder\n"
+
+
+@pytest.mark.slow
+def test_structured_study_without_training_reads_a_corrupt_study_time_json_as_a_fresh_start(tmp_path):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study_time.json").write_text('{"sweep_seconds": ')  # cut off by a kill
+    proc = python("benchmarks/structured_study.py", "--quick", "--no-train", "--out", str(out), "--repeats", "1")
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == f"{out / 'study_time.json'} is unreadable: the wall time counts from this start"
+    assert proc.returncode == 1 and lines[-1].startswith(
+        f"rsst.report --x channel_density failed: FileNotFoundError: {out}"
+    )

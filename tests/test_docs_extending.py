@@ -95,6 +95,7 @@ def project(tmp_path, monkeypatch):
             parent, _, leaf = dotted.rpartition(".")
             monkeypatch.setattr(sys.modules[parent], leaf, module, raising=False)
     monkeypatch.setattr("rsst.data.options.conf_dir", lambda: conf)  # the scratch copy's conf/dataset files
+    monkeypatch.setattr("rsst.config.registry.CONF_DIR", conf)  # its options' targets are the ones a run may build
     yield conf
     for group, name in stored:
         del store.repo["schema"][group][f"{name}.yaml"]

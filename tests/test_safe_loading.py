@@ -25,7 +25,7 @@ from rsst.config.checks import ConfigError
 from rsst.config.registry import RefusedConfig, registered_targets
 from rsst.data import CorruptDatasetError
 from rsst.data.cifar import Cifar10
-from rsst.folder.naming import config_hash
+from rsst.folder.naming import written_config_hash
 from rsst.loop.pretrained import load_pretrained
 from rsst.models.shrink import shrink
 
@@ -227,7 +227,8 @@ def _hostile_run(run_dir: Path, marker: Path, where: str) -> Path:
     cfg = {"seed": 0, "arch": arch, "dataset": dataset, group: node}
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
-    torch.save({"format_version": 1, "config_hash": config_hash(OmegaConf.create(cfg))}, run_dir / "checkpoint.pt")
+    # the hash of the file as written (a forger can write the checkpoint too): only the payload can refuse the run
+    torch.save({"format_version": 1, "config_hash": written_config_hash(cfg)}, run_dir / "checkpoint.pt")
     return run_dir
 
 
@@ -237,7 +238,7 @@ def _hostile_run(run_dir: Path, marker: Path, where: str) -> Path:
         ("arch", "arch._target_='builtins.open'"),
         ("dataset", "dataset._target_='shutil.copy'"),
         ("nested", "arch.width._target_='builtins.open'"),
-        ("interpolation", "arch.width._target_='builtins.open'"),
+        ("interpolation", "arch.width holds the interpolation '${oc.create:"),
     ],
 )
 def test_export_builds_no_target_from_a_run_folder_but_the_projects_own(tmp_path, capsys, where, refused):
@@ -248,8 +249,11 @@ def test_export_builds_no_target_from_a_run_folder_but_the_projects_own(tmp_path
     _payload_is_live(lambda _: instantiate(node), run_dir, marker)
     assert main([str(run_dir), "--round", "1"]) == 2
     err = _one_line(capsys.readouterr().err)
-    assert f"{run_dir / 'config.yaml'}: refuses to build {refused}" in err
-    assert f"only the project's own {group} targets" in err
+    if where == "interpolation":  # refused before anything in the file is resolved
+        assert f"{run_dir / 'config.yaml'}: {refused}" in err and "refused without resolving it" in err
+    else:
+        assert f"{run_dir / 'config.yaml'}: refuses to build {refused}" in err
+        assert f"only the project's own {group} targets" in err
     assert not marker.exists()
 
 

@@ -20,7 +20,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from rsst.config.checks import build
+from rsst.config.checks import available_devices, build
 from rsst.config.registry import RefusedConfig, checked_node
-from rsst.errors import RsstError
+from rsst.errors import INTERRUPTED, RsstError, one_line
 from rsst.folder.atomic import atomic_torch_save, atomic_write_text
 from rsst.folder.checkpoint import CheckpointError, mismatch, recorded_sums
 from rsst.folder.layout import MASKS, WEIGHTS, RunFiles
 from rsst.folder.naming import read_verified_config
-from rsst.folder.safeload import UnloadableFile, load_tensors
+from rsst.folder.safeload import UnloadableFile, dense_storage, load_tensors
 from rsst.models.shrink import FoldedConv2d, shrink
 from rsst.models.size import count_macs, count_params, dead_channels, is_channel_wise
 from rsst.runtime.execution import resolve_device
@@ -112,6 +112,69 @@ def build_dense(arch: Mapping[str, Any], dims: Mapping[str, int], source: str | 
     return build(OmegaConf.create(checked_node(arch, "arch", source)), "arch")(**dims)
 
 
+def on_meta(make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()`` on PyTorch's meta device: the network's shapes and dtypes, with no memory behind them.
+
+    What a received file says is compared with it before the network is built for real.
+    """
+    with torch.device("meta"):
+        return make()
+
+
+def _shape(tensor: Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def check_weights(blob: Mapping[str, Tensor], expected: Mapping[str, Tensor], file: Path) -> None:
+    """:class:`ExportError` unless ``blob`` holds exactly ``expected``'s names, each with its shape and dtype, each
+    element stored once (:func:`rsst.folder.safeload.dense_storage`) and every floating value finite.
+
+    The values are looked at only once the shapes are known to be the model's, so nothing here costs more
+    than the model does.
+    """
+    missing, extra = sorted(set(expected) - set(blob)), sorted(set(blob) - set(expected))
+    if missing or extra:
+        parts = [f"lacks {len(missing)} of the model's tensors ({', '.join(missing[:3])})"] if missing else []
+        parts += [f"has {len(extra)} the model does not ({', '.join(extra[:3])})"] if extra else []
+        raise ExportError(f"{file} does not fit the run's arch: it {' and '.join(parts)}")
+    for name, ref in expected.items():
+        t = blob[name]
+        if _shape(t) != _shape(ref) or t.dtype != ref.dtype:
+            raise ExportError(
+                f"{file}: {name} is {t.dtype} of shape {_shape(t)}, but the run's arch has {ref.dtype} of shape "
+                f"{_shape(ref)}"
+            )
+        if not dense_storage(t):
+            raise ExportError(f"{file}: {name} stores fewer values than its shape declares (a stride-0 view)")
+    for name, t in blob.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ExportError(
+                f"{file}: {name} holds non-finite values (inf or nan); a finished round's weights are finite, so "
+                "the file was damaged"
+            )
+
+
+def check_masks(blob: Mapping[str, Tensor], expected: Mapping[str, Tensor], file: Path) -> None:
+    """:class:`ExportError` unless every mask in ``blob`` names a tensor of ``expected`` with its shape, stores each
+    element once, and holds only 0 and 1 (a bool tensor, as the run writes them, or numbers that are 0 or 1)."""
+    unknown = sorted(set(blob) - set(expected))
+    if unknown:
+        raise ExportError(f"{file} masks weights the model lacks: {unknown[:3]}")
+    for name, m in blob.items():
+        if _shape(m) != _shape(expected[name]):
+            raise ExportError(
+                f"{file}: the mask of {name} has shape {_shape(m)}, but the weight it masks has "
+                f"{_shape(expected[name])}"
+            )
+        if not dense_storage(m):
+            raise ExportError(f"{file}: the mask of {name} stores fewer values than its shape declares")
+        if m.dtype != torch.bool and (m.is_complex() or not bool(((m == 0) | (m == 1)).all())):
+            raise ExportError(
+                f"{file}: the mask of {name} holds values other than 0 and 1 ({m.dtype}); a mask keeps or removes "
+                "a weight, it never scales it"
+            )
+
+
 @dataclass
 class LoadedRound:
     """A run's dense model with one round's weights (eval mode), that round's masks, and how it was built."""
@@ -134,19 +197,20 @@ def load_round(run_dir: Path, round_: int, device: torch.device) -> LoadedRound:
     cfg_file = files.config
     arch, dataset = (checked_node(cfg.get(group), group, cfg_file) for group in ("arch", "dataset"))
     weights = _read_round_file(run_dir, WEIGHTS, round_)
-    masks = {n: m.float() for n, m in _read_round_file(run_dir, MASKS, round_).items()}
+    masks = _read_round_file(run_dir, MASKS, round_)
     data = build(OmegaConf.create(dataset), "dataset")
     shape = (1, data.in_channels, data.image_size, data.image_size)
     dims = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
+    expected = on_meta(lambda: build_dense(arch, dims, cfg_file)).state_dict()
+    check_weights(weights, expected, files.weights(round_))  # before any arithmetic on a received tensor
+    check_masks(masks, expected, files.masks(round_))
     model = build_dense(arch, dims, cfg_file)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise ExportError(f"{files.weights(round_)} does not fit the run's arch: {_one_line(exc)}") from None
-    unknown = sorted(set(masks) - set(weights))
-    if unknown:
-        raise ExportError(f"{files.masks(round_)} masks weights the model lacks: {unknown[:3]}")
-    return LoadedRound(model.to(device).eval(), {n: m.to(device) for n, m in masks.items()}, shape, arch, dims)
+    masks = {n: m.to(device=device, dtype=torch.float32) for n, m in masks.items()}
+    return LoadedRound(model.to(device).eval(), masks, shape, arch, dims)
 
 
 # -- the exported file: plain data, rebuilt from the project's own factories -------------------------
@@ -181,6 +245,19 @@ def save_exported(model: nn.Module, arch: Mapping[str, Any], dims: Mapping[str, 
 def _rebuilt(old: nn.Module, spec: Mapping[str, Any], name: str, file: Path) -> nn.Module:
     """A layer like ``old`` (same geometry) with the channel counts ``spec`` gives."""
     kind = spec.get("kind")
+    if isinstance(old, nn.Conv2d):
+        limits = {"in": old.in_channels, "out": old.out_channels}
+    elif isinstance(old, nn.BatchNorm2d):
+        limits = {"features": old.num_features}
+    else:
+        limits = {"in": getattr(old, "in_features", 0), "out": getattr(old, "out_features", 0)}
+    for key, most in limits.items():
+        count = spec.get(key)
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= most:
+            raise ExportError(
+                f"{file}: layer {name} is described with {key}={count!r}; the architecture's layer has {most}, and "
+                "an export only removes channels"
+            )
     if kind in ("conv", "folded_conv") and isinstance(old, nn.Conv2d):
         conv = nn.Conv2d(
             int(spec["in"]),
@@ -223,13 +300,23 @@ def load_exported(file: str | Path) -> nn.Module:
         isinstance(architecture.get(k), dict) for k in ("arch", "dims", "layers")
     ):
         raise ExportError(f"{file}: expected {expected}; its architecture lacks arch, dims or layers")
-    try:
+
+    def assemble() -> nn.Module:
         model = build_dense(architecture["arch"], architecture["dims"], file)
         for name, spec in architecture["layers"].items():
+            if not isinstance(spec, dict):
+                raise ExportError(f"{file}: layer {name} is described by a {type(spec).__name__}, not a dict")
             old = model.get_submodule(name)
             new = _rebuilt(old, spec, name, file)
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, new)
+        return model
+
+    try:
+        check_weights(
+            state, on_meta(assemble).state_dict(), file
+        )  # the file's tensors against the network it describes
+        model = assemble()
         model.load_state_dict(state)
     except (ExportError, RefusedConfig):
         raise
@@ -258,6 +345,7 @@ def export_round(
     run_dir: str | Path, round_: int, out: str | Path | None = None, device: str = "auto", repeats: int = 10
 ) -> dict[str, Any]:
     """Export round ``round_`` of the run in ``run_dir``; write the model and ``export_round_<r>.json``."""
+    check_arguments(round_, device, repeats)
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     loaded = load_round(run_dir, round_, dev)
@@ -317,10 +405,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = export_round(args.run_dir, args.round, args.out, args.device, args.repeats)
     except RsstError as exc:  # NothingToRemove, ExportError, RunFolderError, RefusedConfig, ConfigError, ...
-        sys.stderr.write(f"rsst.export: {_one_line(exc)}\n")
+        sys.stderr.write(f"rsst.export: {one_line(exc)}\n")
         return 2
+    except KeyboardInterrupt:  # the exported files are whole or absent: each is written to a temporary, then renamed
+        sys.stderr.write("rsst.export: interrupted; nothing was left half-written, the same command exports again\n")
+        return INTERRUPTED
     sys.stdout.write(summary(result) + "\n")
     return 0
+
+
+MAX_REPEATS = 10_000
+
+
+def check_arguments(round_: int, device: str, repeats: int) -> None:
+    """One line (:class:`ExportError`) for a round, a device or a number of repeats that cannot be, before any file
+    is read."""
+    if round_ < 0:
+        raise ExportError(f"--round {round_} is invalid: expected a round >= 0 (round 0 is the dense network)")
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise ExportError(f"--repeats {repeats} is invalid: expected an integer from 1 to {MAX_REPEATS} (timed runs)")
+    have = available_devices()
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    wanted = None if dev is None else f"cuda:{dev.index or 0}" if dev.type == "cuda" else str(dev)
+    if wanted not in have:
+        raise ExportError(f"--device {device!r} is not available on this machine: it has auto, {', '.join(have)}")
 
 
 if __name__ == "__main__":

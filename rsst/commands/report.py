@@ -16,13 +16,14 @@ drawn as their own lines beside their ticket.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import logging
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,10 @@ from rsst.commands.reporting.runs import (
     read_rounds,
     usable,
 )
-from rsst.errors import RsstError
-from rsst.folder.atomic import RunIOError, atomic_write_text
+from rsst.errors import INTERRUPTED, RsstError, shown
+from rsst.folder.atomic import RunIOError, atomic_write_text, is_stale
 from rsst.folder.layout import ReportFiles, RunFiles, printable
+from rsst.folder.safeload import MAX_DEPTH, nesting_depth
 
 __all__ = [
     "AXES_SIZE", "MEASURED", "TICKET", "Group", "PlotLayout", "ReportError", "Run", "Skip", "boxes_overlap",
@@ -105,16 +107,31 @@ def report(
         references = [g for g in groups if all(g is not a for a in on_axis) and g.levels(metric)]
         groups = on_axis
     rows = long_table(groups, metric)
+    files = ReportFiles(out_dir)
+    remove_stale_temporaries(files)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    files = ReportFiles(out_dir)
     atomic_write_text(files.csv, buf.getvalue())
     md = markdown_table(groups, metric)
     atomic_write_text(files.markdown, md + "\n")
     drawn = plot(groups, metric, files.png, x, references)
     return {"groups": groups, "rows": rows, "markdown": md, "out": out_dir, "layout": drawn, "skipped": skipped}
+
+
+def remove_stale_temporaries(files: ReportFiles) -> list[Path]:
+    """Delete the temporaries an earlier report, killed while writing, left in the output folder; return them.
+
+    Only the names the report's own atomic writes make, and only once stale
+    (:func:`rsst.folder.atomic.is_stale`): another report writing into the same folder right now keeps its own.
+    """
+    gone = [path for path, pid in files.temporaries() if is_stale(path, pid)]
+    for path in gone:
+        path.unlink(missing_ok=True)
+    if gone:
+        log.info("removed %d temporary file(s) a killed report left: %s", len(gone), ", ".join(p.name for p in gone))
+    return gone
 
 
 def format_provenance(data: dict[str, Any]) -> str:
@@ -157,8 +174,13 @@ def read_provenance(run_dir: str | Path) -> dict[str, Any]:
         raise ReportError(f"{path} is missing (runs record it from their first start on)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReportError(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting deeper than Python recurses
+        reason = str(exc).split(":")[0] if isinstance(exc, ValueError) else "nested too deeply"
+        raise ReportError(f"{path} is not a provenance record ({reason})") from None
     if not isinstance(data, dict):
         raise ReportError(f"{path} is not a provenance record (found a JSON {type(data).__name__})")
+    if nesting_depth(data) > MAX_DEPTH:
+        raise ReportError(f"{path} is not a provenance record (nested more than {MAX_DEPTH} levels deep)")
     return data
 
 
@@ -187,9 +209,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--provenance", metavar="RUN_DIR", help="print how RUN_DIR was made (provenance.json)")
     args = parser.parse_args(argv)
-    if not any(isinstance(h, _Stderr) for h in log.handlers):
-        log.addHandler(_Stderr(logging.WARNING))
-        log.propagate = False
+    with _warnings_to_stderr():
+        return _run(parser, args)
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """While the command runs, the report's warnings go to stderr only (as ``rsst.report: warning: ...``)."""
+    handler, propagate = _Stderr(logging.WARNING), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         if args.provenance:
             sys.stdout.write(format_provenance(read_provenance(args.provenance)) + "\n")
@@ -198,14 +235,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("give PATH (a run or sweep folder) or --provenance RUN_DIR")
         result = report(args.path, args.out, args.metric, args.x)
     except RsstError as exc:  # ReportError; RunIOError writing the report (its strerror names the file and why)
-        sys.stderr.write(f"rsst.report: {printable(exc.strerror if isinstance(exc, RunIOError) else exc)}\n")
+        sys.stderr.write(f"rsst.report: {shown(exc.strerror if isinstance(exc, RunIOError) else str(exc))}\n")
         return 2
     except OSError as exc:  # PATH missing (FileNotFoundError), or unreadable
-        sys.stderr.write(f"rsst.report: {printable(exc)}\n")
+        sys.stderr.write(f"rsst.report: {shown(str(exc))}\n")
         return 2
     except KeyError as exc:
-        sys.stderr.write(f"rsst.report: {printable(exc.args[0])}\n")
+        sys.stderr.write(f"rsst.report: {shown(str(exc.args[0]))}\n")
         return 2
+    except KeyboardInterrupt:  # each report file is whole or absent: written to a temporary, then renamed
+        sys.stderr.write(
+            "rsst.report: interrupted; every report file written is whole (none half-written), the same command "
+            "writes them all\n"
+        )
+        return INTERRUPTED
     sys.stdout.write(result["markdown"] + "\n")
     sys.stdout.write(f"wrote {', '.join(ReportFiles(result['out']).names)} to {result['out']}\n")
     return 0

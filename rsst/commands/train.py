@@ -22,14 +22,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from rsst.config.location import conf_dir
-from rsst.errors import RsstError, one_line
+from rsst.errors import INTERRUPTED, INTERRUPTED_STARTING, RsstError, one_line, shown
 
 log = logging.getLogger("rsst")
 
 
 def report_error(message: str) -> None:
-    """``message`` on one line to stderr, and to the ``rsst`` logger's own handlers (``run.log`` while one is
-    attached); not through the root logger, whose console handler Hydra points at stdout."""
+    """``message`` on one printable line of bounded length (:func:`rsst.errors.shown`) to stderr, and to the
+    ``rsst`` logger's own handlers (``run.log`` while one is attached); not through the root logger, whose
+    console handler Hydra points at stdout."""
+    message = shown(message)
     sys.stderr.write(f"{message}\n")
     sys.stderr.flush()
     if log.handlers:
@@ -77,12 +79,13 @@ def main() -> None:
     (unset, ``0``, anything), so that a wrong type, key or option always reaches
     :func:`rsst.config.checks.compose_error`, which names the key, the value and what is allowed.
     A user error raised outside a job (a search's sweeper refusing its settings) is one line and exit 2
-    as well. Anything else keeps its traceback.
+    as well, and so is an integer of more digits than Python converts; Ctrl-C before the run started
+    is one line and exit 130. Anything else keeps its traceback.
     """
     from hydra.errors import HydraException  # noqa: PLC0415
     from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
 
-    from rsst.config.checks import compose_error  # noqa: PLC0415
+    from rsst.config.checks import compose_error, long_integer_error  # noqa: PLC0415
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # not setdefault: an exported 0 would give Hydra's lines and exit 1
     register_sweeper()
@@ -97,6 +100,15 @@ def main() -> None:
             raise
         report_error(message)
         sys.exit(2)
+    except ValueError as exc:  # Hydra's override parser reading an integer longer than Python converts
+        message = long_integer_error(exc, sys.argv[1:])
+        if message is None:
+            raise
+        report_error(message)
+        sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C while torch or the loop still import: the run's own handler is not in place
+        report_error(INTERRUPTED_STARTING)
+        sys.exit(INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rsst.config import schema
+from rsst.config.registry import check_targets
 from rsst.errors import ConfigError as ConfigError  # defined there (models raise it too); re-exported here
+
+GROUPS = ("dataset", "arch", "struct", "criteria", "schedule", "optimizer", "logger")
+# The rewind modes that read prune.pretrained; with any other, a prune.pretrained file would be ignored.
+READS_PRETRAINED = ("pretrained",)
 
 
 def _plain(value: Any) -> Any:
@@ -87,16 +92,19 @@ def validate_config(cfg: DictConfig, check_device: bool = True) -> None:
 
     ``check_device=False`` skips the check that ``device`` exists here (a sweep's launching host).
     """
-    for group in ("dataset", "arch", "struct", "criteria", "schedule", "optimizer", "logger"):
+    for group in GROUPS:
         if not isinstance(cfg.get(group), DictConfig):
             raise ConfigError(f"{group} is missing from the config: expected one of the options in conf/{group}")
+    for group in GROUPS:  # before anything is built: an import path on the command line is never called
+        check_targets(cfg[group], group)
     unknown = unknown_keys(cfg, "")
     if unknown:
         key, value = unknown[0]
         raise ConfigError(f"{key}={value!r} is invalid: {key} is not a key of the config ({where_keys(cfg, key)})")
     for key, value, f in field_rules(cfg, ""):
-        if not f.metadata["ok"](value):
-            raise ConfigError(f"{key}={value!r} is invalid: expected {f.metadata['expected']}")
+        expected = schema.broken(f, value)
+        if expected is not None:
+            raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
     opt = cfg.optimizer
     if opt.get("nesterov") and (not opt.get("momentum") or opt.get("dampening", 0)):
         raise ConfigError(
@@ -114,12 +122,17 @@ def validate_config(cfg: DictConfig, check_device: bool = True) -> None:
             )
     if prune.rewind == "epoch" and prune.rewind_epoch > epochs:
         raise ConfigError(f"prune.rewind_epoch={prune.rewind_epoch} is invalid: expected at most train.epochs={epochs}")
-    if prune.rewind == "pretrained":
+    if prune.rewind in READS_PRETRAINED:
         path = prune.get("pretrained")
         if not path:
-            raise ConfigError("prune.pretrained is unset: prune.rewind=pretrained needs a checkpoint file path")
+            raise ConfigError(f"prune.pretrained is unset: prune.rewind={prune.rewind} needs a checkpoint file path")
         if not Path(path).is_file():
-            raise ConfigError(f"prune.pretrained={path!r}: no such file (needed by prune.rewind=pretrained)")
+            raise ConfigError(f"prune.pretrained={path!r}: no such file (needed by prune.rewind={prune.rewind})")
+    elif prune.get("pretrained"):
+        raise ConfigError(
+            f"prune.pretrained={prune.pretrained!r} is invalid with prune.rewind={prune.rewind}: the file is read only "
+            f"with prune.rewind={' or '.join(READS_PRETRAINED)}; set that, or leave prune.pretrained unset"
+        )
 
 
 def available_devices() -> list[str]:
@@ -143,7 +156,9 @@ def device_exists(name: str) -> None:
 
 
 def build(node: DictConfig, group: str) -> Any:
-    """``hydra.utils.instantiate`` with the group named in any error an option's constructor raises."""
+    """``hydra.utils.instantiate`` of one of the project's options (:func:`rsst.config.registry.check_targets`:
+    a ``_target_`` that is not one is never called), with the group named in any error its constructor raises."""
+    check_targets(node, group)
     try:
         return instantiate(node)
     except InstantiationException as exc:
@@ -204,6 +219,23 @@ def compose_error(exc: BaseException) -> str | None:
             parent = key.rpartition(".")[0]
             return f"{key} is not a key of the config: {parent or 'the top level'} has {', '.join(known)}"
     return None
+
+
+def long_integer_error(exc: BaseException, argv: list[str]) -> str | None:
+    """One line for the ``ValueError`` Python raises converting an integer of more digits than it allows
+    (``seed=<5000 digits>``), naming the override that holds it; None for any other error."""
+    import re  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    if not isinstance(exc, ValueError) or "integer string conversion" not in str(exc):
+        return None
+    limit = sys.get_int_max_str_digits()
+    for arg in argv:
+        run = max((len(m) for m in re.findall(r"[0-9]+", arg)), default=0)
+        if run > limit:
+            key = arg.partition("=")[0]
+            return f"{arg} is invalid: {key} holds a number of {run} digits, more than the {limit} an integer may have"
+    return f"the command line does not parse: a number has more than {limit} digits"
 
 
 def one_line_message(exc: BaseException) -> str:

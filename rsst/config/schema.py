@@ -64,20 +64,51 @@ def _off(v: Any) -> Any:
     return "off" if v is False else v
 
 
-def rule(default: Any = MISSING, expected: str = "", ok: Callable[[Any], bool] | None = None, factory: Any = None):
-    """A field with its range rule: ``expected`` says in words what ``ok`` accepts (the error message's end)."""
-    meta = {"expected": expected, "ok": ok}
+# The most an integer field may be, with why (the end of the error line). Every count has a bound, so a
+# typo such as train.epochs=10**26 is one line before anything runs, not a run that never ends; the
+# bounds are far beyond any real use. INT_MOST is the bound of the counts not named below.
+INT_MOST = (2**31 - 1, " (a 32-bit count)")
+MOST_ROUNDS = (1000, " (at prune.rate=0.2, 0.8**1000 of the weights would remain)")
+MOST_EPOCHS = (100_000, " epochs")
+MOST_SEED = (2**32 - 1, " (PyTorch keeps a seed's low 32 bits)")
+MOST_TIMEOUT = (7 * 24 * 3600, " seconds (a week)")
+
+
+def rule(
+    default: Any = MISSING,
+    expected: str = "",
+    ok: Callable[[Any], bool] | None = None,
+    factory: Any = None,
+    most: tuple[int, str] | None = None,
+):
+    """A field with its range rule: ``expected`` says in words what ``ok`` accepts (the error message's end);
+    ``most`` is ``(the largest value allowed, why)``, said only to a value above it."""
+    meta = {"expected": expected, "ok": ok, "most": most}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def int_at_least(low: int, default: Any = MISSING, note: str = "") -> Any:
-    return rule(default, f"an integer >= {low}{note}", lambda v: _is_int(v) and v >= low)
+def broken(f: Any, value: Any) -> str | None:
+    """What field ``f`` (a dataclass field made by :func:`rule`) expects, in words, if ``value`` breaks its rule;
+    None if it keeps it."""
+    ok = f.metadata.get("ok")
+    if ok is not None and not ok(value):
+        return f.metadata["expected"]
+    most = f.metadata.get("most")
+    if most is not None and _is_num(value) and value > most[0]:
+        return f"at most {most[0]}{most[1]}"
+    return None
+
+
+def int_at_least(low: int, default: Any = MISSING, note: str = "", most: tuple[int, str] = INT_MOST) -> Any:
+    return rule(default, f"an integer >= {low}{note}", lambda v: _is_int(v) and v >= low, most=most)
 
 
 def optional_int_at_least(low: int, default: Any = None) -> Any:
-    return rule(default, f"null or an integer >= {low}", lambda v: v is None or (_is_int(v) and v >= low))
+    return rule(
+        default, f"null or an integer >= {low}", lambda v: v is None or (_is_int(v) and v >= low), most=INT_MOST
+    )
 
 
 def positive(default: Any = MISSING) -> Any:
@@ -102,7 +133,7 @@ def fraction(default: Any = MISSING, open_top: bool = True, what: str = "", null
 
 @dataclass
 class Prune:
-    rounds: int = int_at_least(1, 3, " (round 0 is the dense network)")  # original: --pruning_times
+    rounds: int = int_at_least(1, 3, " (round 0 is the dense network)", MOST_ROUNDS)  # original: --pruning_times
     rate: Num = fraction(0.2, what=": the fraction of alive weights removed")  # per round, of the alive weights
     # baselines (snip, grasp, synflow, omp, random, admm): fraction of prunable weights kept from round 1 on;
     # null: the IMP-equivalent density of each round
@@ -130,7 +161,7 @@ class Prune:
 
 @dataclass
 class Train:
-    epochs: int = int_at_least(1, 12)
+    epochs: int = int_at_least(1, 12, most=MOST_EPOCHS)
     batch_size: int = int_at_least(1, 64)
     eval_batch_size: int = int_at_least(1, 1024)  # evaluation runs under inference_mode, this many images at a time
     # autocast: bf16 | fp16 | off; auto: bf16 on CUDA and on a CPU where bf16 is faster (AMX), off elsewhere
@@ -143,7 +174,8 @@ class Train:
 
 @dataclass
 class LrSchedule:
-    warmup_epochs: int = int_at_least(0, 0)  # linear warmup per step over this many epochs (original: --warmup)
+    # linear warmup per step over this many epochs (original: --warmup)
+    warmup_epochs: int = int_at_least(0, 0, most=MOST_EPOCHS)
     milestones: List[int] = rule(  # epochs at which lr *= gamma (original: --decreasing_lr)
         expected="an ascending list of positive epoch numbers, e.g. [91,136]",
         ok=lambda v: isinstance(v, list) and all(_is_int(m) and m > 0 for m in v) and v == sorted(v),
@@ -169,7 +201,7 @@ class Config:
     schedule: Any = MISSING
     optimizer: Any = MISSING
     logger: Any = MISSING
-    seed: int = int_at_least(0, 0)
+    seed: int = int_at_least(0, 0, most=MOST_SEED)
     device: str = rule(  # auto picks CUDA when present, else CPU
         "auto",
         "one of auto, cpu, cuda, cuda:N, mps",
@@ -178,7 +210,7 @@ class Config:
     progress: bool = True  # a progress bar per epoch
     # multi-process runs: how long a rank waits in a collective (or to join) before the run stops with one line
     # naming the rank that stalled; not part of the run's identity
-    collective_timeout_s: int = int_at_least(1, 600)
+    collective_timeout_s: int = int_at_least(1, 600, most=MOST_TIMEOUT)
     prune: Prune = field(default_factory=Prune)
     train: Train = field(default_factory=Train)
     lr_schedule: LrSchedule = field(default_factory=LrSchedule)
@@ -196,7 +228,8 @@ class Target:
 
 @dataclass
 class Partial(Target):
-    _partial_: bool = True
+    # the run calls what the option builds (a model factory with the data's shape, an optimiser with the parameters)
+    _partial_: bool = rule(True, "true (the run calls the option with its own arguments)", lambda v: v is True)
 
 
 @dataclass

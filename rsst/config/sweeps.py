@@ -39,7 +39,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from rsst.config.checks import compose_error, validate_config
-from rsst.errors import RsstError, one_line
+from rsst.errors import RsstError, one_line, shown
 from rsst.folder.atomic import atomic_write_json
 
 log = logging.getLogger("rsst")
@@ -56,7 +56,8 @@ def stop(message: str, status: int) -> None:
 
 
 def describe(overrides: Sequence[str]) -> str:
-    return " ".join(overrides) or "(no overrides)"
+    """A job's overrides as they are echoed: one printable line of bounded length (:func:`rsst.errors.shown`)."""
+    return shown(" ".join(overrides)) or "(no overrides)"
 
 
 def new_sweep_id() -> str:
@@ -117,7 +118,7 @@ def job_problem(config: DictConfig, overrides: list[str]) -> tuple[bool, str] | 
     try:
         job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
     except Exception as exc:  # noqa: BLE001  (a compose error of any kind: the job's config is at fault)
-        return False, compose_error(exc) or one_line(exc)
+        return False, shown(compose_error(exc) or str(exc))
     try:
         validate_config(job, check_device=False)
     except RsstError as exc:

@@ -43,9 +43,9 @@ def check_rules(kind: type, values: Mapping[str, Any]) -> None:
     ``dataset.<key>=<value> is invalid: expected <what the rule accepts>``.
     """
     for f in dataclasses.fields(kind):
-        ok = f.metadata.get("ok")
-        if ok is not None and f.name in values and not ok(values[f.name]):
-            raise ValueError(f"dataset.{f.name}={values[f.name]!r} is invalid: expected {f.metadata['expected']}")
+        expected = schema.broken(f, values[f.name]) if f.name in values else None
+        if expected is not None:
+            raise ValueError(f"dataset.{f.name}={values[f.name]!r} is invalid: expected {expected}")
 
 
 def option_values(name: str) -> dict[str, Any]:

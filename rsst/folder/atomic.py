@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -151,3 +152,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+# A temporary of an atomic write lives for as long as one write takes; one untouched for this long, whose writer
+# is not a process of this machine, was left by a writer that was killed.
+STALE_AFTER_S = 60.0
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or a number no process has: keep the file, never guess
+    return True
+
+
+def is_stale(path: Path, pid: int, min_age_s: float = STALE_AFTER_S) -> bool:
+    """Whether the temporary ``path``, written by process ``pid``, was left by a killed writer: ``pid`` is gone
+    from this machine and the file has not changed for ``min_age_s`` (a writer on another machine sharing the
+    folder has no process here, but would not leave its temporary untouched that long)."""
+    if pid == os.getpid() or _running(pid):
+        return False
+    try:
+        return time.time() - path.lstat().st_mtime >= min_age_s
+    except FileNotFoundError:
+        return False

@@ -31,7 +31,10 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_difference(theirs: Any, ours: Any, limit: int = 3) -> str:
     """``"train.amp: bf16 there, off here; ..."``: the first ``limit`` keys whose values differ."""
-    a, b = _flat(theirs if isinstance(theirs, dict) else {}), _flat(ours if isinstance(ours, dict) else {})
+    try:  # a received checkpoint's config may nest deeper than the recursion allows
+        a, b = _flat(theirs if isinstance(theirs, dict) else {}), _flat(ours if isinstance(ours, dict) else {})
+    except RecursionError:
+        return "its config is nested too deeply to compare"
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
     parts = [f"{k}: {a.get(k, '<absent>')} there, {b.get(k, '<absent>')} here" for k in keys[:limit]]
     return "; ".join(parts) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")

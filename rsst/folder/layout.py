@@ -17,6 +17,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from rsst.errors import printable as printable  # the names of files are shown through it
+
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 ROUNDS = "rounds.json"
@@ -52,18 +54,6 @@ def temp_target(name: str) -> str | None:
     """The target name a temporary name was made for (by :func:`temp_name`), or None for any other name."""
     found = TEMP_NAME.fullmatch(name)
     return found["target"] if found else None
-
-
-def printable(text: object) -> str:
-    """``text`` with every character that is not printable (a newline, an escape, ...) written as its escape.
-
-    Names that come from the file system are shown through it, so a file name cannot inject a line
-    into a log. A printable name is returned unchanged.
-    """
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -211,3 +201,23 @@ class ReportFiles:
     @property
     def names(self) -> tuple[str, str, str]:
         return (REPORT_CSV, REPORT_MD, REPORT_PNG)
+
+    def temporaries(self) -> list[tuple[Path, int]]:
+        """``(path, pid of the writer)`` of every temporary :func:`temp_name` made for one of the report's files in
+        the output folder (regular files only): what a report killed while writing leaves behind."""
+        try:
+            names = os.listdir(self.out_dir) if not self.out_dir.is_symlink() else []
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        for name in names:
+            match = TEMP_NAME.fullmatch(name)
+            if match is None or match["target"] not in self.names:
+                continue
+            path = self.out_dir / name
+            try:
+                if stat.S_ISREG(path.lstat().st_mode):
+                    found.append((path, int(match["pid"])))
+            except FileNotFoundError:
+                continue
+        return sorted(found)

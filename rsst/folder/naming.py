@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -10,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from rsst.errors import RsstError
+from rsst.folder.safeload import UnreadableYaml, interpolation_in, load_yaml
 
 # Keys that say where or how to report or how fast to compute, not what is computed: they do not
 # change the hash (train.amp does: the precision is part of the experiment).
@@ -63,11 +64,9 @@ def drop_neutral(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def hashed_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config minus :data:`EXCLUDED_KEYS`, the :data:`HASH_NEUTRAL` keys at their neutral value,
-    and anything Hydra adds under ``hydra``."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(data, dict)
+def _hashed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a plain config dict, changed in place) minus :data:`EXCLUDED_KEYS`, the :data:`HASH_NEUTRAL`
+    keys at their neutral value, and anything Hydra adds under ``hydra``."""
     data.pop("hydra", None)
     for key in EXCLUDED_KEYS:
         node, leaf = _node(data, key)
@@ -76,9 +75,50 @@ def hashed_config(cfg: DictConfig) -> dict[str, Any]:
     return drop_neutral(data)
 
 
-def config_hash(cfg: DictConfig) -> str:
-    blob = json.dumps(hashed_config(cfg), sort_keys=True, default=str)
+def hashed_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config minus :data:`EXCLUDED_KEYS`, the :data:`HASH_NEUTRAL` keys at their neutral value,
+    and anything Hydra adds under ``hydra``."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    return _hashed(data)
+
+
+def _digest(hashed: dict[str, Any]) -> str:
+    blob = json.dumps(hashed, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    return _digest(hashed_config(cfg))
+
+
+def written_config_hash(data: dict[str, Any]) -> str:
+    """The hash of a config as the run wrote it (``config.yaml``: resolved, read back as plain data), computed from
+    the data as it is: nothing is resolved, so a received file costs what its size says.
+
+    For a config without interpolations (every one the run writes) it is :func:`config_hash` of that config.
+    """
+    return _digest(_hashed(copy.deepcopy(data)))
+
+
+class ReceivedConfigError(RsstError, ValueError):
+    """A config read from a file that holds what the run never writes (an interpolation); the message names it."""
+
+
+def refuse_interpolation(data: Any, source: str | Path) -> None:
+    """:class:`ReceivedConfigError` if ``data`` (a config read from ``source``) holds a ``${}`` interpolation.
+
+    The run writes its config resolved, so a file it wrote holds none, and one that does is never
+    resolved: resolving is where interpolations that double each other cost memory and time
+    exponential in their number.
+    """
+    found = interpolation_in(data)
+    if found is not None:
+        key, text = found
+        raise ReceivedConfigError(
+            f"{source}: {key or 'a key'} holds the interpolation {text!r}, which a run never writes (it writes its "
+            "config resolved); refused without resolving it"
+        )
 
 
 def safe_part(text: str) -> str:
@@ -150,11 +190,12 @@ def read_verified_config(run_dir: str | Path) -> dict[str, Any]:
 
     ``config.yaml`` is a readable copy; the checkpoint's ``config_hash`` is the run's identity. A
     ``config.yaml`` that no longer hashes to it was edited (or belongs to another run) and is refused,
-    so that reports group and exports build exactly what was trained.
+    so that reports group and exports build exactly what was trained. The file is read bounded
+    (:func:`rsst.folder.safeload.load_yaml`: size, depth, no aliases), hashed as written, and refused if
+    it holds an interpolation: nothing in it is ever resolved.
     """
     from rsst.folder.checkpoint import CheckpointError, read_identity  # noqa: PLC0415
     from rsst.folder.layout import RunFiles  # noqa: PLC0415
-    from rsst.folder.safeload import UnreadableYaml, load_yaml  # noqa: PLC0415
 
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
@@ -173,13 +214,14 @@ def read_verified_config(run_dir: str | Path) -> dict[str, Any]:
         recorded = read_identity(files.checkpoint)
     except CheckpointError as exc:
         raise RunFolderError(str(exc)) from None
-    try:
-        found = config_hash(OmegaConf.create(data))
-    except OmegaConfBaseException as exc:
-        raise RunFolderError(f"{cfg_file} does not resolve ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    found = written_config_hash(data)  # compared as written: nothing in the file is resolved
     if found != recorded:
         raise RunFolderError(
             f"{cfg_file} was edited: it hashes to {found}, but the run's checkpoint was trained with config "
             f"{recorded}; restore the file (or rerun the run to rewrite it)"
         )
+    try:  # the hash leaves keys out (paths, logger, ...), and a checkpoint can be written by hand too
+        refuse_interpolation(data, cfg_file)
+    except ReceivedConfigError as exc:
+        raise RunFolderError(str(exc)) from None
     return data

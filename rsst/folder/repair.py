@@ -14,35 +14,63 @@ the names the project's own atomic writes make (:meth:`rsst.folder.layout.RunFil
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from rsst.folder.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from rsst.folder.checkpoint import CheckpointError, file_sum, load_checkpoint, mismatch, read_identity
-from rsst.folder.layout import CONFIG, RunFiles, printable
-from rsst.folder.naming import RunFolderError, config_hash
+from rsst.folder.layout import CONFIG, MASKS, WEIGHTS, RunFiles, printable
+from rsst.folder.naming import RunFolderError, written_config_hash
 from rsst.folder.records import to_csv
-from rsst.folder.safeload import load_tensors, load_yaml
+from rsst.folder.safeload import UnreadableYaml, dense_storage, load_tensors, load_yaml
 
 log = logging.getLogger("rsst")
 
 
+def nothing_trained(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds no trace of training: no checkpoint, no epoch (``metrics.csv``), no finished
+    round (``rounds.json`` absent or an empty list) and no round file in ``masks/`` or ``weights/``.
+
+    A start that failed before its first save (a tracker that did not start, a Ctrl-C) leaves such a
+    folder: its ``config.yaml``, ``provenance.json`` and ``run.log`` only.
+    """
+    files = RunFiles(run_dir)
+    if files.checkpoint.exists() or files.metrics.exists():
+        return False
+    if files.rounds.exists():
+        try:
+            if files.rounds.stat().st_size > 64 or json.loads(files.rounds.read_text() or "null") != []:
+                return False
+        except (OSError, ValueError):
+            return False
+    return not any(files.kept_rounds(kind) or any((run_dir / kind).glob("*")) for kind in (WEIGHTS, MASKS))
+
+
 def refuse_foreign(run_dir: Path, our_hash: str) -> None:
-    """A new run may not start in a folder holding another config's files; name both hashes."""
+    """A new run may not start in a folder holding another config's files; name both hashes.
+
+    A folder where nothing was trained (:func:`nothing_trained`) holds nothing to lose: the new run
+    starts in it and rewrites its ``config.yaml``, whatever config that named.
+    """
     files = RunFiles(run_dir)
     cfg_file = files.config
     theirs = None
     if cfg_file.is_file():
-        try:
-            theirs = config_hash(OmegaConf.create(load_yaml(cfg_file)))
-        except Exception:  # an unreadable config.yaml: judge the folder by its other files
+        try:  # hashed as written: nothing in a received file is resolved
+            data = load_yaml(cfg_file)
+            theirs = written_config_hash(data) if isinstance(data, dict) else "unreadable"
+        except (OSError, UnreadableYaml):  # an unreadable config.yaml: judge the folder by its other files
             theirs = "unreadable"
     results = [path.name for path in files.results if path.exists()]
+    if theirs not in (None, our_hash) and nothing_trained(run_dir):
+        log.info("%s holds config %s's files but nothing trained: this run (config %s) starts in it", run_dir,
+                 theirs, our_hash)  # fmt: skip
+        return
     if theirs is not None and theirs != our_hash:
         raise RunFolderError(
             f"{run_dir} holds another config's run (config {theirs}; this run is config {our_hash}); "
@@ -107,6 +135,8 @@ def remove_temporaries(run_dir: Path) -> list[Path]:
 
 
 def _masks_differ(path: Path, masks: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the mask file at ``path`` is not ``masks``; its tensors are compared only once each has the mask's
+    shape and stores every element (a received file may declare far more than it stores)."""
     try:
         on_disk = load_tensors(path)
     except Exception:
@@ -114,6 +144,9 @@ def _masks_differ(path: Path, masks: Mapping[str, torch.Tensor]) -> bool:
     return (
         not isinstance(on_disk, dict)
         or on_disk.keys() != masks.keys()
+        or not all(
+            isinstance(t, torch.Tensor) and t.shape == masks[n].shape and dense_storage(t) for n, t in on_disk.items()
+        )
         or any(not torch.equal(on_disk[n].bool(), m.bool().cpu()) for n, m in masks.items())
     )
 

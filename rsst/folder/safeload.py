@@ -2,7 +2,14 @@
 
 Every ``.pt`` the project reads (pretrained weights, a round's weights and masks, an exported
 network) goes through :func:`load_tensors`, i.e. ``torch.load(weights_only=True)``, and any
-failure becomes one line that names the file and why.
+failure becomes one line that names the file and why. Every YAML file goes through :func:`load_yaml`.
+
+What a received file holds costs what its size says only once it is checked: a tensor's declared
+shape may be far larger than what is stored (a stride-0 view), and a config's strings may be
+``${}`` interpolations that double each other when resolved. :func:`dense_storage` and
+:func:`interpolation_in` say so without touching the values; :func:`nesting_depth` bounds the
+recursion that building a tree from the data would need. torch is imported only to load a tensor
+file, so the config layer can use the checks without it.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from rsst.errors import RsstError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UnloadableFile(RsstError, ValueError):
@@ -57,6 +66,8 @@ def load_tensors(path: str | Path, *, max_bytes: int | None = None, mmap: bool =
     The archive is looked at first (:func:`check_archive`), so a file that would inflate is refused before it
     is read. A missing file raises ``FileNotFoundError`` unchanged, so callers can say how to rebuild it.
     """
+    import torch  # noqa: PLC0415  (only where a tensor file is read)
+
     path = Path(path)
     try:
         check_archive(path, max_bytes)
@@ -82,13 +93,63 @@ def load_tensors(path: str | Path, *, max_bytes: int | None = None, mmap: bool =
     raise UnloadableFile(f"{path}: {reason}")
 
 
-# A config.yaml the platform writes (``OmegaConf.to_yaml`` of a plain container) is a few KB and holds no
-# anchors or aliases. A received one may: nested aliases expand ninefold per level when the tree is built.
+def dense_storage(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s storage holds each of its elements once, as ``torch.save`` of a real tensor stores it.
+
+    A view with a zero or overlapping stride (``torch.zeros(1).expand(10**12)``) declares far more
+    elements than it stores; any arithmetic on it (``.float()``, ``.bool()``, a comparison) would
+    allocate all of them. Read from the tensor's metadata only.
+    """
+    return tensor.untyped_storage().nbytes() >= tensor.numel() * tensor.element_size()
+
+
+# A config.yaml the platform writes (``OmegaConf.to_yaml`` of a plain container) is a few KB, holds no
+# anchors or aliases and is 4 levels deep. A received one may: nested aliases expand ninefold per level when
+# the tree is built, and OmegaConf builds a tree recursively (150 levels exceed Python's recursion limit).
 MAX_YAML_BYTES = 1 << 20
+MAX_DEPTH = 32
 
 
 class UnreadableYaml(RsstError, ValueError):
-    """A YAML file that is too large, not YAML, or uses anchors or aliases; the message names it."""
+    """A YAML file that is too large, too deeply nested, not YAML, or uses anchors or aliases; the message names it."""
+
+
+def _children(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        yield from ((str(k), v) for k, v in node.items())
+    elif isinstance(node, (list, tuple)):
+        yield from ((f"[{i}]", v) for i, v in enumerate(node))
+
+
+def nesting_depth(data: Any, limit: int = MAX_DEPTH) -> int:
+    """How many levels of dicts and lists ``data`` nests (a flat dict: 1), counted without recursion and only up
+    to ``limit + 1``."""
+    containers = (dict, list, tuple)
+    level = [data] if isinstance(data, containers) else []
+    deepest = 0
+    while level and deepest <= limit:
+        deepest += 1
+        level = [child for node in level for _, child in _children(node) if isinstance(child, containers)]
+    return deepest
+
+
+def interpolation_in(data: Any, prefix: str = "") -> tuple[str, str] | None:
+    """``(dotted key, text)`` of the first key or string value in ``data`` that holds ``${``, or None.
+
+    OmegaConf reads such a string as an interpolation and resolves it when the config is used;
+    a config the platform writes is resolved already, so it holds none. Walked without recursion.
+    """
+    todo: list[tuple[str, Any]] = [(prefix, data)]
+    while todo:
+        key, node = todo.pop()
+        if isinstance(node, str) and "${" in node:
+            return key, node
+        for name, child in _children(node):
+            where = f"{key}{name}" if name.startswith("[") else f"{key}.{name}" if key else name
+            if "${" in name:
+                return where, name
+            todo.append((where, child))
+    return None
 
 
 def _no_alias_loader() -> type:
@@ -110,7 +171,8 @@ def _no_alias_loader() -> type:
 
 
 def load_yaml(path: str | Path) -> Any:
-    """The YAML in ``path``, with safe types only and no anchors or aliases; :class:`UnreadableYaml` otherwise.
+    """The YAML in ``path``, with safe types only, no anchors or aliases and at most :data:`MAX_DEPTH` levels
+    deep; :class:`UnreadableYaml` otherwise.
 
     A missing file raises ``FileNotFoundError`` unchanged.
     """
@@ -122,10 +184,17 @@ def load_yaml(path: str | Path) -> Any:
     if len(raw) > MAX_YAML_BYTES:
         raise UnreadableYaml(f"{path}: larger than {MAX_YAML_BYTES} bytes, which no config the platform writes is")
     try:
-        return yaml.load(raw.decode("utf-8"), Loader=_no_alias_loader())  # noqa: S506  (a SafeLoader subclass)
+        data = yaml.load(raw.decode("utf-8"), Loader=_no_alias_loader())  # noqa: S506  (a SafeLoader subclass)
     except UnicodeDecodeError as exc:
         raise UnreadableYaml(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise UnreadableYaml(f"{path}: {_first_sentence(str(exc))}") from None
     except RecursionError:
         raise UnreadableYaml(f"{path}: nested too deeply to be a config") from None
+    except ValueError as exc:  # a value the safe types refuse to build, e.g. an integer of over 4300 digits
+        raise UnreadableYaml(f"{path}: {_first_sentence(str(exc))}") from None
+    if nesting_depth(data) > MAX_DEPTH:
+        raise UnreadableYaml(
+            f"{path}: nested more than {MAX_DEPTH} levels deep, which no config the platform writes is"
+        )
+    return data

@@ -70,6 +70,8 @@ class RoundLoop:
         self.model: nn.Module = self.execution.prepare(self.new_model().to(self.device))
         forward = compile_model(self.model, cfg.train.compile)  # compiled once; shares self.model's tensors
         self.tracker = build(cfg.logger, "logger") if self.writer else Silent()
+        self.make_optimizer = build(cfg.optimizer, "optimizer")  # one optimiser per round, from this factory
+        self.check_optimizer()
         self.weights = prunable_weights(self.model, cfg.prune.include_stem, cfg.prune.include_fc)
         self.names = list(self.weights)
         self.epochs = Epochs(
@@ -207,9 +209,17 @@ class RoundLoop:
 
     # -- the round --------------------------------------------------------------------------------
 
+    def check_optimizer(self) -> None:
+        """Build one optimiser over the model, as every round will, so that an option it refuses stops the run
+        before the run folder exists (:class:`ConfigError` naming the group)."""
+        try:
+            build_optimizer(self.make_optimizer, self.model.parameters(), self.device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"optimizer: {exc}") from None
+
     def new_optimizer(self) -> None:
         sched = self.cfg.lr_schedule
-        self.optimizer = build_optimizer(build(self.cfg.optimizer, "optimizer"), self.model.parameters(), self.device)
+        self.optimizer = build_optimizer(self.make_optimizer, self.model.parameters(), self.device)
         self.scheduler = build_scheduler(
             self.optimizer, self.epochs.steps(), sched.warmup_epochs, list(sched.milestones), sched.gamma
         )

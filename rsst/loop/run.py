@@ -39,6 +39,7 @@ from rsst.folder.repair import judge, refuse_links, remove_temporaries, repair
 from rsst.loop.divergence import Diverged
 from rsst.loop.epochs import epoch_seed
 from rsst.loop.preemption import GracefulStop, graceful_stop
+from rsst.loop.restorable import restore_checked
 from rsst.loop.rounds import RoundLoop
 from rsst.parallel import dist
 from rsst.parallel.agree import together
@@ -178,8 +179,8 @@ def _open_folder(loop: RoundLoop, held: ExitStack) -> None:
 
 def _restore_or_start(loop: RoundLoop, resumed: bool, pretrained: dict[str, torch.Tensor] | None) -> None:
     ckpt = loop.files.checkpoint
-    if resumed:
-        loop.restore(load_checkpoint(ckpt, loop.hash, hashed_config(loop.cfg)))
+    if resumed:  # every part checked against this run before the loop takes it
+        restore_checked(loop, load_checkpoint(ckpt, loop.hash, hashed_config(loop.cfg)), ckpt)
         log.info("resuming %s at round %d, epoch %d", loop.run_dir, loop.state.round, loop.state.epoch)
     else:  # rank 0 judged the folder (nothing of another run) before it created anything in it
         loop.fresh_start(pretrained)

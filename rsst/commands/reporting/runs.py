@@ -138,6 +138,8 @@ def read_rounds(path: Path, truth: list[dict[str, Any]] | None = None) -> list[d
         ) from None
     except RecursionError:
         raise Skip(f"{path} is nested too deeply to be a list of rounds") from None
+    except ValueError as exc:  # a number Python will not read, e.g. an integer of over 4300 digits
+        raise Skip(f"{path} holds a value that is not a number a run writes ({str(exc).split(':')[0]})") from None
     if truth is not None and rows != truth:
         log.warning("%s differs from the run's checkpoint: reported from the checkpoint (a rerun rewrites it)", path)
         rows = truth
