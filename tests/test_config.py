@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rsst.config.checks import ConfigError, build, validate_config
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
+PRESETS = ("hydra", "experiment", "hparams_search")  # groups of presets over the other groups
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in PRESETS)
 
 
 def options(group: str) -> list[str]:

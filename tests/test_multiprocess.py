@@ -205,7 +205,8 @@ def test_a_refusal_on_rank_0_stops_every_process_with_its_message(lenet_runs, tm
     """Rank 0 refuses a folder holding another config's run; rank 1 stops too instead of waiting for it."""
     folder = tmp_path / "foreign"
     folder.mkdir()
-    shutil.copy(lenet_runs[2] / "config.yaml", folder / "config.yaml")
+    for name in ("config.yaml", "rounds.json"):  # a run that trained: a folder with nothing trained is reused
+        shutil.copy(lenet_runs[2] / name, folder / name)
     proc = start(tmp_path, [*LENET, "seed=1", f"paths.run_dir={folder}"], 2)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
