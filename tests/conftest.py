@@ -30,6 +30,8 @@ SHARED_RUNS = {
     "real_run",
     "lenet_runs",
     "resnet_runs",
+    "stability_run",
+    "lenet_pair",
 }
 
 
@@ -50,8 +52,9 @@ SUBPROCESS_FIXTURES = {
     "installed",
     "slurm_env",
     "uninterrupted",
+    "stability_run",
 }
-TRAINING_FIXTURES = {"round0", "rsst_round", "admm_round0"}
+TRAINING_FIXTURES = {"round0", "rsst_round", "admm_round0", "lenet_pair"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
