@@ -78,8 +78,8 @@ def markdown_table(groups: Sequence[Group]) -> str:
 
 
 def plot(groups: Sequence[Group], out: Path, split: str = "test") -> int:
-    """A panel per group: the error along the path from a round's ticket (0) to its copy (1), a line per round
-    (mean over seeds), darker for sparser rounds. Returns the number of lines drawn."""
+    """A panel per group: the error along the path from a round's network (0: its ticket) to its copy (1), a line
+    per round (mean over seeds), darker for sparser rounds. Returns the number of lines drawn."""
     import matplotlib  # noqa: PLC0415  (matplotlib only when plotting)
 
     matplotlib.use("Agg")
@@ -102,17 +102,23 @@ def plot(groups: Sequence[Group], out: Path, split: str = "test") -> int:
                 drawn += 1
             seeds = max((v["n"] for v in lv), default=0)
             ax.set_title(f"{g.label} (n={seeds})", fontsize=9)
-            ax.set_xlabel("interpolation: 0 = the ticket, 1 = its copy")
+            ax.set_xlabel("interpolation: 0 = the round's network, 1 = its copy")
             ax.grid(True, alpha=0.3)
-            ax.legend(title="round (weights): barrier", title_fontsize=7, frameon=False)
+            ax.legend(  # below the panel, never over the lines
+                title="round (weights): barrier, mean over seeds",
+                title_fontsize=7,
+                frameon=False,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.2),
+                ncol=2,
+            )
         for ax in axes.flat[len(groups) :]:
             ax.set_visible(False)
         for ax in axes[:, 0]:
             ax.set_ylabel(f"{split} error (%)")
         fig.suptitle(f"linear-mode stability: {split} error along the path, mean over seeds", fontsize=10)
-        fig.tight_layout()
         png = io.BytesIO()
-        fig.savefig(png, format="png", dpi=120)
+        fig.savefig(png, format="png", dpi=120, bbox_inches="tight")  # the figure grows to hold the legends
         atomic_write_bytes(out, png.getvalue())  # a temporary file, then a rename: never through a link
         plt.close(fig)
     return drawn
