@@ -31,6 +31,8 @@ SHARED_RUNS = {
     "lenet_runs",
     "resnet_runs",
     "searched",
+    "stability_run",
+    "lenet_pair",
 }
 
 
@@ -52,8 +54,9 @@ SUBPROCESS_FIXTURES = {
     "slurm_env",
     "uninterrupted",
     "searched",
+    "stability_run",
 }
-TRAINING_FIXTURES = {"round0", "rsst_round", "admm_round0"}
+TRAINING_FIXTURES = {"round0", "rsst_round", "admm_round0", "lenet_pair"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker

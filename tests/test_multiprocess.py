@@ -3,9 +3,10 @@
 Two shared sets of runs (trained once per test worker):
 
 - ``lenet_runs``: LeNet-300-100 (no BatchNorm, so training is not chaotic at this length) under
-  IMP, once with 2 processes and once with 1, on the same global batch. The 2-process run must
-  reproduce the 1-process run up to floating-point summation order (each rank sums its shard's
-  gradient, gloo sums the two), which moves weights by ~1e-4 over two epochs here.
+  IMP, rewound to step 10 of round 0 with the stability copies, once with 2 processes and once
+  with 1, on the same global batch. The 2-process run must reproduce the 1-process run up to
+  floating-point summation order (each rank sums its shard's gradient, gloo sums the two), which
+  moves weights by ~1e-4 over two epochs here.
 - ``resnet_runs``: ResNet-20 (BatchNorm over the global batch) under RSST with 2 processes:
   uninterrupted; killed after its first epoch of round 1 and rerun with 2 processes; and the
   same checkpoint resumed with 1 process.
@@ -37,6 +38,8 @@ LAUNCH_VARS = (
 )  # fmt: skip
 # fp32: the properties below are fp32 ones (auto is bf16 on a CPU with AMX, where 1 and 2 processes round apart)
 LENET = ["arch=lenet_300_100", "prune.include_fc=true", "struct=imp", "prune.rounds=2", "train.amp=off", *FAST[1:]]
+# rewound to a step inside round 0's first epoch (23 steps), with a stability copy of each round
+LENET += ["prune.rewind=step", "prune.rewind_step=10", "prune.stability=true"]
 # Batches of 256: 6 steps an epoch (the last, of 157 images, split 79/78) instead of 23, each with a collective per
 # BatchNorm layer, forward and backward; the properties below do not depend on the number of steps.
 # The penalty on whole channels (conv weights and BatchNorm gamma), so that it is checked across processes too.
@@ -116,7 +119,7 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def test_two_processes_train_the_one_process_run_up_to_summation_order(lenet_runs):
     two, one = metrics(lenet_runs[2]), metrics(lenet_runs[1])
-    assert len(two) == len(one) == 4  # 2 rounds x 2 epochs
+    assert len(two) == len(one) == 8  # 2 rounds and their 2 copies x 2 epochs (the first from step 10)
     for a, b in zip(two, one, strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-4)
         # accuracies over the reduced counts: equal unless a prediction flips (one sample is 0.56 points here)
@@ -142,6 +145,18 @@ def test_the_two_process_ticket_is_the_one_process_ticket(lenet_runs):
     assert len(differing) <= 1e-3 * total, f"{len(differing)} of {total} mask entries differ"
     assert all(abs(float(w) - threshold) <= 2 * gap for w in differing), (differing, threshold, gap)
     assert float(torch.cat([m.flatten().float() for m in m2.values()]).mean()) == pytest.approx(0.8, abs=1e-3)
+
+
+def test_two_processes_keep_the_one_process_rewind_point_and_stability_paths(lenet_runs):
+    """Each rank takes the rewind point at step 10 of its own shards; the paths' points agree but where a
+    prediction flips (one of 180 digits is 0.56 points)."""
+    two, one = (tensors(lenet_runs[p] / "checkpoint.pt") for p in (2, 1))
+    assert max(float((two["theta_rewind"][k] - one["theta_rewind"][k]).abs().max()) for k in one["theta_rewind"]) < 1e-4
+    assert any(not torch.equal(one["theta_rewind"][k], one["theta_0"][k]) for k in one["theta_0"])  # taken, not init
+    for a, b in zip(read_rounds(lenet_runs[2]), read_rounds(lenet_runs[1]), strict=True):
+        for split in ("val", "test"):
+            errors = zip(a["stability_curve"][f"{split}_error"], b["stability_curve"][f"{split}_error"], strict=True)
+            assert all(abs(x - y) < 1.2 for x, y in errors), (split, a["stability_curve"], b["stability_curve"])
 
 
 def test_pruned_weights_are_zero_and_rank_0_alone_wrote_the_records(lenet_runs):

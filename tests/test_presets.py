@@ -18,8 +18,10 @@ from fake_data import write_cifar, write_fashion_mnist, write_imagenet_folders, 
 from helpers import CONF, compose_config, only_run_dir, read_rounds
 
 from rsst import run
+from rsst.config.checks import validate_config
 from rsst.data.fashion_mnist import SYSTEM_ROOT
 
+IMP = "rsst.pruning.strategies.IMP"
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 # The run's size, whatever the preset says: round 0 (dense) and one pruned round, one epoch each.
@@ -94,7 +96,25 @@ DATA: dict[str, Callable[[Path], Overrides]] = {
 
 def test_the_presets_are_found():
     expected = {"refill_cifar100_resnet20", "rsst_cifar100_resnet20", "refill_imagenet_resnet50"}
-    assert expected | {"lth_fashion_mnist_lenet"} <= set(PRESETS)
+    assert expected | {"lth_fashion_mnist_lenet", "lmc_cifar10_resnet20"} <= set(PRESETS)
+
+
+def test_the_linear_mode_preset_is_openlths_resnet20_recipe_and_its_gpu_sweep_composes():
+    """docs/results.md's GPU command: ``-m experiment=lmc_cifar10_resnet20 prune.rewind_step=0,2000
+    prune.stability=true dataset.root=CIFAR``, one job per rewind step."""
+    for step in (0, 2000):
+        cfg = compose_config(
+            ["experiment=lmc_cifar10_resnet20", f"prune.rewind_step={step}", "prune.stability=true", "dataset.root=C"]
+        )
+        validate_config(cfg, check_device=False)
+        targets = (cfg.dataset._target_, cfg.arch._target_, cfg.struct._target_)
+        assert targets == ("rsst.data.cifar.Cifar10", "rsst.models.cifar_resnet.resnet20", IMP)
+        assert (cfg.train.epochs, cfg.train.batch_size, cfg.lr_schedule.warmup_epochs) == (160, 128, 0)
+        assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.1, 0.9, 1e-4)
+        assert (list(cfg.lr_schedule.milestones), cfg.lr_schedule.gamma) == ([80, 120], 0.1)
+        assert (cfg.prune.rate, cfg.prune.include_stem, cfg.prune.include_fc) == (0.2, True, True)
+        assert (cfg.prune.rewind, cfg.prune.rewind_step, cfg.prune.stability) == ("step", step, True)
+        assert step < cfg.train.epochs * math.ceil(cfg.dataset.train_size / cfg.train.batch_size)  # inside round 0
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -108,6 +128,8 @@ def test_each_preset_runs_a_dense_and_a_pruned_round_with_every_control(preset, 
         overrides["arch.width"] = "4"
     if cfg.prune.rewind == "epoch" and cfg.prune.rewind_epoch > 1:  # rewind within the one epoch of round 0
         overrides["prune.rewind_epoch"] = "1"
+    if cfg.prune.rewind == "step" and cfg.prune.rewind_step > 1:  # within round 0's two steps
+        overrides["prune.rewind_step"] = "1"
     cfg = compose_config([f"experiment={preset}", *(f"{k}={v}" for k, v in overrides.items())])
     summary = run(cfg)
 

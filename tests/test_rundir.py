@@ -89,3 +89,27 @@ def test_the_original_period_is_a_new_default_and_so_a_new_folder():
     assert compose_config([]).struct.schedule.period == "epoch"
     assert config_hash(compose_config([])) != config_hash(compose_config(["schedule.period=round"]))
     assert config_hash(compose_config([])) == config_hash(compose_config(["schedule.period=epoch"]))
+
+
+def test_the_rewind_and_stability_keys_at_their_neutral_values_keep_existing_folders():
+    """``prune.rewind_step``, ``prune.stability`` and ``prune.stability_points`` came after runs existed: at 0, false
+    and 11 a config hashes as one without them; any other value is another run."""
+    from omegaconf import OmegaConf
+
+    from rsst.folder.naming import HASH_NEUTRAL, hashed_config
+
+    cfg = compose_config([])
+    before_the_keys = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("rewind_step", "stability", "stability_points"):
+        assert cfg.prune[key] == HASH_NEUTRAL[f"prune.{key}"]
+        del before_the_keys["prune"][key]
+        assert key not in hashed_config(cfg)["prune"]
+    assert config_hash(OmegaConf.create(before_the_keys)) == config_hash(cfg)
+    others = [
+        ["prune.rewind=step"],
+        ["prune.rewind=step", "prune.rewind_step=5"],
+        ["prune.stability=true"],
+        ["prune.stability=true", "prune.stability_points=21"],
+    ]
+    hashes = {config_hash(cfg), *(config_hash(compose_config(o)) for o in others)}
+    assert len(hashes) == 1 + len(others)

@@ -10,7 +10,8 @@ with a warning naming the file. Runs that differ only in ``seed`` form one group
 run (fewer rounds than ``prune.rounds``) forms its own group, labelled e.g. ``imp (2/3 rounds)``,
 and is never merged with finished runs. A group is labelled by its method and the config keys
 that vary among the runs of that method. Lottery-ticket controls (rows with a ``branch``) are
-drawn as their own lines beside their ticket.
+drawn as their own lines beside their ticket. Runs trained with ``prune.stability=true`` add a table of the
+error barrier per round to ``report.md`` and the error along each round's path to ``stability.png``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from rsst.commands.reporting import stability
 from rsst.commands.reporting.groups import MEASURED, Group, group_runs, long_table, markdown_table
 from rsst.commands.reporting.plot import AXES_SIZE, X_LABELS, PlotLayout, boxes_overlap, plot
 from rsst.commands.reporting.runs import (
@@ -94,6 +96,7 @@ def report(
             ", ".join(r.path.name for r in unfinished),
         )
     groups = group_runs(runs)
+    stable = stability.measured(groups)
     references: list[Group] = []
     if x != "remain_weight":  # unstructured lines (IMP) keep every channel: drawn as a reference level instead
         on_axis = (
@@ -115,9 +118,22 @@ def report(
     writer.writerows(rows)
     atomic_write_text(files.csv, buf.getvalue())
     md = markdown_table(groups, metric)
+    written = list(files.names)
+    if stable:  # prune.stability: the barrier per round, and the paths drawn
+        md += "\n\n" + stability.markdown_table(stable)
+        stability.plot(stable, files.stability_png)
+        written.append(files.stability_png.name)
     atomic_write_text(files.markdown, md + "\n")
     drawn = plot(groups, metric, files.png, x, references)
-    return {"groups": groups, "rows": rows, "markdown": md, "out": out_dir, "layout": drawn, "skipped": skipped}
+    return {
+        "groups": groups,
+        "rows": rows,
+        "markdown": md,
+        "out": out_dir,
+        "layout": drawn,
+        "skipped": skipped,
+        "written": written,
+    }
 
 
 def remove_stale_temporaries(files: ReportFiles) -> list[Path]:
@@ -250,7 +266,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
         return INTERRUPTED
     sys.stdout.write(result["markdown"] + "\n")
-    sys.stdout.write(f"wrote {', '.join(ReportFiles(result['out']).names)} to {result['out']}\n")
+    sys.stdout.write(f"wrote {', '.join(result['written'])} to {result['out']}\n")
     return 0
 
 

@@ -122,6 +122,21 @@ def validate_config(cfg: DictConfig, check_device: bool = True) -> None:
             )
     if prune.rewind == "epoch" and prune.rewind_epoch > epochs:
         raise ConfigError(f"prune.rewind_epoch={prune.rewind_epoch} is invalid: expected at most train.epochs={epochs}")
+    if prune.rewind_step != 0 and prune.rewind != "step":
+        raise ConfigError(
+            f"prune.rewind_step={prune.rewind_step} is invalid with prune.rewind={prune.rewind}: "
+            "it is read only with prune.rewind=step"
+        )
+    if prune.stability_points != 11 and not prune.stability:
+        raise ConfigError(
+            f"prune.stability_points={prune.stability_points} is invalid with prune.stability=false: "
+            "it is read only with prune.stability=true"
+        )
+    if prune.stability and str(cfg.struct.get("_target_", "")).endswith(".ADMM"):
+        raise ConfigError(
+            "prune.stability=true is invalid with struct=admm: ADMM decides its mask from its own training, "
+            "and the analysis trains one mask twice"
+        )
     if prune.rewind in READS_PRETRAINED:
         path = prune.get("pretrained")
         if not path:

@@ -35,7 +35,7 @@ from omegaconf import MISSING
 
 Num = Union[int, float]
 
-REWIND_MODES = ("init", "epoch", "pretrained")
+REWIND_MODES = ("init", "epoch", "pretrained", "step")
 CONTROLS = ("reinit", "shuffle_layerwise")
 PENALTY_SCOPES = ("weights", "channels")
 PERIODS = ("round", "epoch")
@@ -142,6 +142,9 @@ class Prune:
     )
     rewind: str = rule("init", f"one of {', '.join(REWIND_MODES)}", lambda v: v in REWIND_MODES)  # lt | rewind_lt | pt
     rewind_epoch: int = int_at_least(0, 0)  # rewind=epoch: to the weights after this many epochs of round 0
+    # rewind=step: to the weights after this many optimizer steps of round 0; a pruned round then trains the
+    # rest of round 0's schedule from that step (OpenLTH's --rewinding_steps=<k>it); 0 is rewind=init
+    rewind_step: int = int_at_least(0, 0)
     pretrained: Optional[str] = None  # rewind=pretrained: a state_dict file
     include_stem: bool = False  # prune the stem conv too
     include_fc: bool = False  # prune every Linear layer too (the classifier among them)
@@ -157,6 +160,10 @@ class Prune:
         ok=lambda v: isinstance(v, list) and all(c in CONTROLS for c in v) and len(set(v)) == len(v),
         factory=list,
     )
+    # linear-mode stability (Frankle et al. 2020): after each round, a second copy trains from the rewind point with
+    # the round's masks under another data order; the error along the straight line between the two is recorded
+    stability: bool = False
+    stability_points: int = int_at_least(2, 11, " (points on the path, both ends included)")
 
 
 @dataclass

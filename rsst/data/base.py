@@ -143,11 +143,13 @@ class TensorDataModule:
         seed: int | None = None,
         device: torch.device | str = "cpu",
         shard: Shard | None = None,
+        start: int = 0,
     ) -> EpochBatches:
         """The batches of one pass over ``split`` as a map-style data set (item ``b`` is batch ``b``).
 
         ``shard=(rank, world_size)`` keeps this process's part of every batch (see
         :func:`rsst.parallel.dist.batch_windows`); the order, crops and flips are the unsharded epoch's.
+        ``start``: the pass begins at that batch (the earlier ones are neither cut nor counted).
         """
         _check_split(split)
         if batch_size < 1:
@@ -162,17 +164,20 @@ class TensorDataModule:
             order = torch.randperm(n, generator=gen)
             if self.augment and split == "train":
                 crops = random_crops(n, self.crop_padding, gen).to(data.x.device)
-        windows = batch_windows(n, batch_size, shard, evaluation=seed is None)
+        windows = batch_windows(n, batch_size, shard, evaluation=seed is None)[start:]
         order = order.to(data.x.device)
         return EpochBatches(data, order, windows, crops, self.crop_padding, self.mean, self.std)
 
-    def loader(self, split: str, batch_size: int, seed: int | None = None, shard: Shard | None = None) -> DataLoader:
+    def loader(
+        self, split: str, batch_size: int, seed: int | None = None, shard: Shard | None = None, start: int = 0
+    ) -> DataLoader:
         """A DataLoader over ``split`` with this module's ``num_workers`` and ``pin_memory``.
 
         It yields the same normalised CPU batches as :meth:`batches` for the same seed:
         shuffled (and augmented, for train) when ``seed`` is given, in file order otherwise.
         """
-        return batch_loader(self.epoch(split, batch_size, seed, shard=shard), self.num_workers, self.pin_memory)
+        epoch = self.epoch(split, batch_size, seed, shard=shard, start=start)
+        return batch_loader(epoch, self.num_workers, self.pin_memory)
 
     def batches(
         self,
@@ -181,17 +186,19 @@ class TensorDataModule:
         device: torch.device | str = "cpu",
         seed: int | None = None,
         shard: Shard | None = None,
+        start: int = 0,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised batches of ``split``; shuffled (and augmented, for train) when ``seed`` is given.
 
-        ``shard=(rank, world_size)``: only this process's part of each batch (:meth:`epoch`).
+        ``shard=(rank, world_size)``: only this process's part of each batch (:meth:`epoch`). ``start``:
+        from that batch of the pass on (a round rewound to a step of round 0 starts inside an epoch).
         """
         device = torch.device(device)
         if self.resolve_loader(device) == "device":
-            yield from self.epoch(split, batch_size, seed, device, shard)
+            yield from self.epoch(split, batch_size, seed, device, shard, start)
             return
         non_blocking = self.pin_memory and device.type == "cuda"
-        for x, y in self.loader(split, batch_size, seed, shard):
+        for x, y in self.loader(split, batch_size, seed, shard, start):
             yield x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
 
 

@@ -401,11 +401,14 @@ class ImageNet:
         """Scale uint8 ``x`` to float and normalise it with the ImageNet mean/std."""
         return normalise(x, self.mean, self.std)
 
-    def epoch(self, split: str, batch_size: int, seed: int | None = None, shard: Shard | None = None) -> ImageNetEpoch:
+    def epoch(
+        self, split: str, batch_size: int, seed: int | None = None, shard: Shard | None = None, start: int = 0
+    ) -> ImageNetEpoch:
         """The batches of one pass over ``split`` as a map-style data set (item ``b`` is batch ``b``, uint8).
 
         ``shard=(rank, world_size)`` keeps this process's part of every batch
         (:func:`rsst.parallel.dist.batch_windows`); an image's augmentation does not depend on it.
+        ``start``: the pass begins at that batch (the earlier ones are not decoded).
         """
         data = self.splits[_check_split(split)]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -415,12 +418,14 @@ class ImageNet:
         else:
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
         augment = self.augment and split == "train" and seed is not None
-        windows = batch_windows(len(data), batch_size, shard, evaluation=seed is None)
+        windows = batch_windows(len(data), batch_size, shard, evaluation=seed is None)[start:]
         return ImageNetEpoch(data, order, windows, seed, augment, self.image_size, self.resize_size)
 
-    def loader(self, split: str, batch_size: int, seed: int | None = None, shard: Shard | None = None) -> DataLoader:
+    def loader(
+        self, split: str, batch_size: int, seed: int | None = None, shard: Shard | None = None, start: int = 0
+    ) -> DataLoader:
         """A DataLoader over :meth:`epoch` with ``num_workers`` workers, each decoding whole batches."""
-        return batch_loader(self.epoch(split, batch_size, seed, shard), self.num_workers, self.pin_memory)
+        return batch_loader(self.epoch(split, batch_size, seed, shard, start), self.num_workers, self.pin_memory)
 
     def batches(
         self,
@@ -429,15 +434,17 @@ class ImageNet:
         device: torch.device | str = "cpu",
         seed: int | None = None,
         shard: Shard | None = None,
+        start: int = 0,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised batches of ``split`` on ``device``; shuffled (and augmented, for train) when ``seed`` is given.
 
-        ``shard=(rank, world_size)``: only this process's part of each batch (:meth:`epoch`).
-        Batches cross to the device as uint8 (a quarter of float32's bytes) and are normalised there.
+        ``shard=(rank, world_size)``: only this process's part of each batch (:meth:`epoch`); ``start``: from
+        that batch of the pass on. Batches cross to the device as uint8 (a quarter of float32's bytes) and are
+        normalised there.
         """
         device = torch.device(device)
         non_blocking = self.pin_memory and device.type == "cuda"
-        for x, y in self.loader(split, batch_size, seed, shard):
+        for x, y in self.loader(split, batch_size, seed, shard, start):
             yield self.normalise(x.to(device, non_blocking=non_blocking)), y.to(device, non_blocking=non_blocking)
 
 

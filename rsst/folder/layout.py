@@ -30,6 +30,7 @@ DIVERGED = "diverged.json"
 WEIGHTS = "weights"
 MASKS = "masks"
 REPORT_CSV, REPORT_MD, REPORT_PNG = "report.csv", "report.md", "report.png"
+STABILITY_PNG = "stability.png"  # the report's linear-mode stability figure, for runs that measured it
 
 TEMP_MARK = ".rsst-tmp-"
 _TEMP_TARGET_LIMIT = 100  # characters of the target's name kept in a temporary name
@@ -197,6 +198,10 @@ class ReportFiles:
     @property
     def png(self) -> Path:
         return self.out_dir / REPORT_PNG
+
+    @property
+    def stability_png(self) -> Path:
+        return self.out_dir / STABILITY_PNG
 
     @property
     def names(self) -> tuple[str, str, str]:

@@ -43,6 +43,9 @@ EXCLUDED_KEYS = (
 # The value's type counts too: ``0`` is not ``false``.
 HASH_NEUTRAL: dict[str, Any] = {
     "struct.penalty_scope": "weights",
+    "prune.rewind_step": 0,
+    "prune.stability": False,
+    "prune.stability_points": 11,
 }
 
 

@@ -1,7 +1,8 @@
 """Lottery-ticket controls in the loop: train each pending control of the last finished round beside its ticket.
 
 The masks themselves are :mod:`rsst.pruning.controls`; here a control is started (its mask and its
-initial weights) and recorded, and after the last one the ticket's weights are put back.
+initial weights) and recorded, and after the last branch (a control or the stability copy of
+:mod:`rsst.loop.stability`) the ticket's weights are put back.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def begin(loop: RoundLoop) -> None:
     mask = mask.like(loop.weights)  # in the weights' layout, as a round's masks
     state.branch, state.plan = name, RoundPlan(train=mask, final=mask)
     apply_masks_(loop.weights.values(), [mask[n] for n in loop.names])
-    state.epoch, state.round_seconds = 0, 0.0
+    state.epoch, state.round_seconds = loop.first_epoch(), 0.0  # the ticket's steps: from the rewind step on
     loop.new_optimizer()
     loop.penalty = None
 
@@ -51,11 +52,18 @@ def end(loop: RoundLoop) -> dict[str, Any]:
     record = control_record(r, name, rows, mask.density(), mask.channel_sparsity(), state.round_seconds)
     loop.write(lambda: save_masks(mask, loop.files.masks(r, name)))
     state.round_rows.append(record)
+    close(loop)
+    return record
+
+
+def close(loop: RoundLoop) -> None:
+    """The current branch (a control, or the stability copy) is done: after the last pending one, the ticket's
+    weights are put back, so the next round prunes from them."""
+    state = loop.state
     state.pending.pop(0)
     state.branch, state.epoch, state.plan = None, 0, None
-    loop.optimizer = loop.scheduler = None
+    loop.optimizer = loop.scheduler = loop.penalty = None
     if not state.pending:
         assert state.trunk_weights is not None
         loop.model.load_state_dict(state.trunk_weights)
         state.trunk_weights = None
-    return record

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from rsst.loop.divergence import check_epoch
 from rsst.loop.record import fingerprint
+from rsst.loop.stability import STABILITY, copy_seed
 from rsst.loop.state import RunState
 from rsst.loop.steps import evaluate, evaluate_counts, train_epoch
 from rsst.parallel import ddp, dist
@@ -58,10 +59,15 @@ class Epochs:
         """Training batches (optimizer steps) per epoch."""
         return self.data.num_batches("train", self.cfg.train.batch_size)
 
-    def train_batches(self, seed: int, sharded: bool = True):
-        """One epoch of training batches in the order of ``seed``: this rank's shards of them unless not ``sharded``."""
+    def train_batches(self, seed: int, sharded: bool = True, start: int = 0):
+        """One epoch of training batches in the order of ``seed``: this rank's shards of them unless not ``sharded``.
+
+        ``start``: from that batch of the epoch on (passed only when set, so a data module without it still serves
+        every run that does not rewind to a step inside an epoch).
+        """
         shard = self.shard if sharded else None
-        return self.data.batches("train", self.cfg.train.batch_size, self.device, seed=seed, shard=shard)
+        more = {"start": start} if start else {}
+        return self.data.batches("train", self.cfg.train.batch_size, self.device, seed=seed, shard=shard, **more)
 
     def global_batch_sizes(self) -> list[int] | None:
         """The size of every global training batch of an epoch (a multi-process run scales its loss by them)."""
@@ -101,20 +107,34 @@ class Epochs:
                 torch._foreach_copy_(weights, kept)
         return {"ticket_val_acc": val, "ticket_test_acc": test, "ticket_mask": fingerprint(final)}
 
-    def run(self, state: RunState, optimizer, scheduler, penalty: Penalty | None) -> tuple[dict[str, Any], float]:
+    def run(
+        self,
+        state: RunState,
+        optimizer,
+        scheduler,
+        penalty: Penalty | None,
+        start_step: int = 0,
+        after_step: tuple[int, Callable[[], None]] | None = None,
+    ) -> tuple[dict[str, Any], float]:
         """Train epoch ``state.epoch`` of the current round or control: its row (not yet recorded) and seconds.
 
-        A non-finite loss or weight raises :class:`~rsst.loop.divergence.Diverged` before the epoch is
-        evaluated, so the loop neither saves nor records it.
+        ``start_step``: the round trains round 0's schedule from that step on, so the epoch holding it starts
+        at its batch ``start_step mod steps``. ``after_step``: see :func:`~rsst.loop.steps.train_epoch`.
+        The stability copy (:mod:`rsst.loop.stability`) draws its own data order. A non-finite loss or weight
+        raises :class:`~rsst.loop.divergence.Diverged` before the epoch is evaluated, so the loop neither
+        saves nor records it.
         """
         r, e, cfg = state.current_round, state.epoch, self.cfg
         assert state.plan is not None and optimizer is not None and scheduler is not None
         start = time.perf_counter()
+        skip = max(start_step - e * self.steps(), 0)  # batches of this epoch before the round's first step
+        seed = copy_seed(cfg.seed, r, e) if state.branch == STABILITY else epoch_seed(cfg.seed, r, e)
+        sizes = self.global_batch_sizes()
         if penalty is not None:
             penalty.start_epoch(e)
         with (
             tqdm(
-                total=self.steps(),
+                total=self.steps() - skip,
                 desc=f"round {r}{f' {state.branch}' if state.branch else ''} epoch {e + 1}/{cfg.train.epochs}",
                 leave=False,
                 disable=not (cfg.progress and self.writer),
@@ -124,7 +144,7 @@ class Epochs:
         ):
             stats = train_epoch(
                 self.train_forward,
-                self.train_batches(epoch_seed(cfg.seed, r, e)),
+                self.train_batches(seed, start=skip),
                 optimizer,
                 scheduler,
                 list(self.weights.values()),
@@ -132,7 +152,8 @@ class Epochs:
                 grad_hook=penalty,
                 progress=bar,
                 execution=self.execution,
-                global_sizes=self.global_batch_sizes(),
+                global_sizes=None if sizes is None else sizes[skip:],
+                after_step=after_step,
             )
         # the loss is on the host already; the weights are read once: a diverged epoch goes no further
         check_epoch(

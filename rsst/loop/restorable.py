@@ -22,9 +22,12 @@ from torch import Tensor
 from rsst.config.schema import CONTROLS
 from rsst.folder.checkpoint import CheckpointError
 from rsst.folder.safeload import dense_storage
+from rsst.loop.stability import STABILITY
 
 if TYPE_CHECKING:
     from rsst.loop.rounds import RoundLoop
+
+BRANCHES = (*CONTROLS, STABILITY)  # what a round's branch may be: a control, or the stability copy
 
 # What Python raises when a checkpoint's part does not fit the object restored from it.
 RESTORE_FAILURES = (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError)
@@ -71,21 +74,23 @@ def _check(blob: Mapping[str, Any], loop: RoundLoop) -> None:
     _count(blob.get("round"), 0, cfg.prune.rounds, "round")
     _count(blob.get("epoch"), 0, cfg.train.epochs, "epoch")
     branch, pending = blob.get("branch"), blob.get("pending", [])
-    if branch is not None and branch not in CONTROLS:
-        raise _Wrong(f"branch is {branch!r}, expected none or one of {', '.join(CONTROLS)}")
-    if not isinstance(pending, list) or not all(p in CONTROLS for p in pending):
-        raise _Wrong(f"pending is {pending!r}, expected a list of controls from {', '.join(CONTROLS)}")
+    if branch is not None and branch not in BRANCHES:
+        raise _Wrong(f"branch is {branch!r}, expected none or one of {', '.join(BRANCHES)}")
+    if not isinstance(pending, list) or not all(p in BRANCHES for p in pending):
+        raise _Wrong(f"pending is {pending!r}, expected a list of branches from {', '.join(BRANCHES)}")
     _tensors(blob.get("model"), model, "model")
     for key in ("theta_0", "theta_rewind", "trunk_weights"):
         if key in blob and (blob[key] is not None or key == "theta_0"):
             _tensors(blob[key], model, key)
-    plan = blob.get("plan")
-    if plan is not None:
+    for key in ("plan", "trunk_plan"):  # the round's plan; the trunk's, kept while a stability copy trains
+        plan = blob.get(key)
+        if plan is None:
+            continue
         if not isinstance(plan, Mapping):
-            raise _Wrong("plan is not a mapping of masks")
+            raise _Wrong(f"{key} is not a mapping of masks")
         for part in ("train", "final", "penalised"):
             if part != "penalised" or plan.get(part) is not None:
-                _tensors(plan.get(part), weights, f"plan.{part}", masks=True)
+                _tensors(plan.get(part), weights, f"{key}.{part}", masks=True)
     if blob.get("ticket") is not None:
         _tensors(blob["ticket"], weights, "ticket", masks=True)
     tickets = blob.get("tickets", {})

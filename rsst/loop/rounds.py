@@ -8,6 +8,7 @@ on its shard of every batch, and only rank 0 (``writer``) writes files.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Callable
@@ -25,11 +26,12 @@ from rsst.folder.layout import RunFiles
 from rsst.folder.naming import RunFolderError, config_hash, hashed_config
 from rsst.folder.safeload import UnloadableFile, load_tensors
 from rsst.folder.tickets import save_masks
-from rsst.loop import controls
+from rsst.loop import controls, stability
 from rsst.loop.epochs import Epochs, epoch_seed
 from rsst.loop.optim import build_optimizer, build_scheduler
 from rsst.loop.pretrained import load_pretrained
 from rsst.loop.record import fingerprint, round_record, ticket_numbers, ticket_row
+from rsst.loop.stability import STABILITY
 from rsst.loop.state import RunState
 from rsst.models import prunable_weights
 from rsst.models.norms import following_norms
@@ -79,6 +81,7 @@ class RoundLoop:
             self.device, self.shard, self.writer,
         )  # fmt: skip
         self.norms = self.find_norms()
+        self.check_rewind_step()
         self.state = RunState(theta_0=clone_state(self.model))
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -145,6 +148,62 @@ class RoundLoop:
                 "choose a smaller arch.width (or another arch)"
             ) from None
 
+    # -- the rewind point and the schedule a round trains -----------------------------------------
+
+    def check_rewind_step(self) -> None:
+        """``prune.rewind=step``: the step must lie inside round 0, so that a pruned round has steps left to train."""
+        prune, train = self.cfg.prune, self.cfg.train
+        total = train.epochs * self.epochs.steps()
+        if prune.rewind == "step" and prune.rewind_step >= total:
+            raise ConfigError(
+                f"prune.rewind_step={prune.rewind_step} is invalid: expected an integer below {total}, the optimizer "
+                f"steps of round 0 (train.epochs={train.epochs} x {self.epochs.steps()} batches of "
+                f"train.batch_size={train.batch_size} over {self.data.size('train')} training images)"
+            )
+
+    def rewind_point(self) -> int:
+        """The optimizer steps of round 0 after which ``theta_rewind`` is taken (0: it is ``theta_0``)."""
+        prune = self.cfg.prune
+        if prune.rewind == "step":
+            return int(prune.rewind_step)
+        if prune.rewind == "epoch":
+            return int(prune.rewind_epoch) * self.epochs.steps()
+        return 0
+
+    def start_step(self) -> int:
+        """The step of round 0's schedule the current round or branch starts at (its lr, data position, penalty).
+
+        A pruned round and its controls and copy start at ``prune.rewind_step`` with ``rewind=step``, and at step 0
+        otherwise (``rewind=epoch`` restarts the schedule, as the original's ``rewind_lt``); round 0 starts at 0,
+        and its stability copy at the rewind point, where it continues round 0's training.
+        """
+        state = self.state
+        if state.current_round == 0:
+            return self.rewind_point() if state.branch == STABILITY else 0
+        return int(self.cfg.prune.rewind_step) if self.cfg.prune.rewind == "step" else 0
+
+    def first_epoch(self) -> int:
+        """The epoch (0-based) the current round or branch starts in: the one holding :meth:`start_step`."""
+        return self.start_step() // self.epochs.steps()
+
+    def rewind_snapshot(self) -> tuple[int, Callable[[], None]] | None:
+        """Round 0's epoch that reaches the rewind point: ``(its step, keep it)`` for :meth:`Epochs.run`, else None.
+
+        The whole state_dict is kept (BatchNorm buffers too) and, with ``prune.stability``, the optimizer state,
+        for round 0's stability copy.
+        """
+        state, k, steps = self.state, self.rewind_point(), self.epochs.steps()
+        if state.round != 0 or state.branch is not None or k == 0 or (k - 1) // steps != state.epoch:
+            return None
+
+        def keep() -> None:
+            state.theta_rewind = clone_state(self.model)
+            if self.cfg.prune.stability:
+                assert self.optimizer is not None
+                state.rewind_optimizer = copy.deepcopy(self.optimizer.state_dict())  # no tensor shared
+
+        return (k - 1) % steps, keep
+
     # -- state ------------------------------------------------------------------------------------
 
     def check_pretrained(self) -> dict[str, torch.Tensor] | None:
@@ -159,7 +218,7 @@ class RoundLoop:
         if prune.rewind == "pretrained":
             state.theta_0 = pretrained if pretrained is not None else self.check_pretrained()
             self.model.load_state_dict(state.theta_0)
-        if prune.rewind in ("init", "pretrained") or (prune.rewind == "epoch" and prune.rewind_epoch == 0):
+        if self.rewind_point() == 0:  # init, pretrained, or a rewind to epoch 0 or step 0
             state.theta_rewind = state.theta_0
 
     def checkpoint(self) -> dict[str, Any]:
@@ -189,7 +248,7 @@ class RoundLoop:
             self.new_optimizer()
             self.optimizer.load_state_dict(blob["optimizer"])
             self.scheduler.load_state_dict(blob["scheduler"])
-            if state.branch is None:
+            if state.branch in (None, STABILITY):  # the stability copy trains the round's penalty too
                 self.new_penalty()
             if blob.get("penalty") is not None:
                 self.penalty.load_state_dict(blob["penalty"])
@@ -221,14 +280,24 @@ class RoundLoop:
         sched = self.cfg.lr_schedule
         self.optimizer = build_optimizer(self.make_optimizer, self.model.parameters(), self.device)
         self.scheduler = build_scheduler(
-            self.optimizer, self.epochs.steps(), sched.warmup_epochs, list(sched.milestones), sched.gamma
+            self.optimizer,
+            self.epochs.steps(),
+            sched.warmup_epochs,
+            list(sched.milestones),
+            sched.gamma,
+            self.start_step(),
         )
 
     def new_penalty(self) -> None:
         """The strategy's gradient penalty for the current plan (RSST's ``lambda(t) * w`` on ``P_r``), if any."""
         assert self.state.plan is not None
         self.penalty = self.strategy.penalty(
-            self.state.plan, self.weights, self.epochs.steps(), self.cfg.train.epochs, self.norm_scales()
+            self.state.plan,
+            self.weights,
+            self.epochs.steps(),
+            self.cfg.train.epochs,
+            self.norm_scales(),
+            start_step=self.start_step(),
         )
 
     def target_density(self, round_: int) -> float:
@@ -286,7 +355,7 @@ class RoundLoop:
             self.model.load_state_dict(state.theta_rewind)
             self.check_ranks(f"round {r} start", state.plan.train)
         apply_masks_(self.weights.values(), [state.plan.train[n] for n in self.names])
-        state.epoch, state.round_seconds = 0, 0.0
+        state.epoch, state.round_seconds = self.first_epoch(), 0.0
         self.new_optimizer()
         self.new_penalty()
 
@@ -322,19 +391,13 @@ class RoundLoop:
     def run_epoch(self) -> None:
         """Train the next epoch of the current round or control and record its row."""
         state = self.state
-        row, seconds = self.epochs.run(state, self.optimizer, self.scheduler, self.penalty)
+        row, seconds = self.epochs.run(
+            state, self.optimizer, self.scheduler, self.penalty, self.start_step(), self.rewind_snapshot()
+        )
         state.round_seconds += seconds
         row["seconds"] = state.round_seconds
         state.epoch_rows.append(row)
         state.epoch += 1
-        cfg = self.cfg
-        if (
-            state.current_round == 0
-            and state.branch is None
-            and cfg.prune.rewind == "epoch"
-            and state.epoch == cfg.prune.rewind_epoch
-        ):
-            state.theta_rewind = clone_state(self.model)
 
     def end_round(self) -> dict[str, Any]:
         """Switch to the round's final mask, record the round, and save its ticket."""
@@ -382,15 +445,21 @@ class RoundLoop:
         state.ticket = final
         state.round, state.epoch, state.plan = r + 1, 0, None
         self.optimizer = self.scheduler = self.penalty = None
-        if r >= 1 and self.cfg.prune.controls:
-            state.pending = list(self.cfg.prune.controls)
+        state.pending = [STABILITY] if self.cfg.prune.stability else []
+        if r >= 1:
+            state.pending += list(self.cfg.prune.controls)
+        if state.pending:  # branches of this round: the ticket's weights are set aside while they train
             state.trunk_weights = clone_state(self.model)
+        if self.cfg.prune.stability:
+            state.trunk_plan = plan
         return record
 
-    # -- lottery-ticket controls (rsst/loop/controls.py) ------------------------------------------
+    # -- a round's branches: lottery-ticket controls (rsst/loop/controls.py), the stability copy (stability.py) --
 
     def begin_control(self) -> None:
-        controls.begin(self)
+        """Start the next pending branch of the last finished round."""
+        (stability.begin if self.state.pending[0] == STABILITY else controls.begin)(self)
 
     def end_control(self) -> dict[str, Any]:
-        return controls.end(self)
+        """End the branch in training; its record (a control's row, or what the copy added to the round's row)."""
+        return (stability.end if self.state.branch == STABILITY else controls.end)(self)

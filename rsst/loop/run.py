@@ -41,6 +41,7 @@ from rsst.loop.epochs import epoch_seed
 from rsst.loop.preemption import GracefulStop, graceful_stop
 from rsst.loop.restorable import restore_checked
 from rsst.loop.rounds import RoundLoop
+from rsst.loop.stability import STABILITY
 from rsst.parallel import dist
 from rsst.parallel.agree import together
 from rsst.runtime.environment import Runtime, resolve_runtime
@@ -136,7 +137,7 @@ def interrupted(loop: RoundLoop | None) -> str:
     if loop is None:
         return "interrupted before training started; the same command starts the run"
     state, epochs = loop.state, loop.cfg.train.epochs
-    branch = f" {state.branch} control" if state.branch else ""
+    branch = f" {state.branch}{'' if state.branch == STABILITY else ' control'}" if state.branch else ""
     epoch = min(state.epoch + 1, epochs)  # the epoch in progress, counted from 1 as the progress bar does
     return f"interrupted at round {state.current_round}{branch}, epoch {epoch}; the same command resumes"
 
@@ -302,7 +303,7 @@ def _train_epochs(loop: RoundLoop, stop: GracefulStop | None) -> None:
 
 
 def _train_control(loop: RoundLoop, stop: GracefulStop | None) -> None:
-    """Train the next pending control of the last finished round and record it beside the ticket."""
+    """Train the next pending branch of the last finished round (a control, or the stability copy) and record it."""
     if loop.state.plan is None:
         loop.begin_control()
         loop.save()
@@ -310,6 +311,17 @@ def _train_control(loop: RoundLoop, stop: GracefulStop | None) -> None:
     record = loop.end_control()
     loop.save()
     loop.write(lambda: loop.tracker.log_rounds(loop.state.round_rows))
+    if record["branch"] == STABILITY:
+        barrier, copy = record["stability_barrier"], record["stability_copy"]
+        log.info(
+            "round %d stability: error barrier %.2f (val), %.2f (test) points on a path of %d; the copy tests %.2f%%",
+            record["round"],
+            barrier["val"],
+            barrier["test"],
+            len(record["stability_curve"]["alpha"]),
+            copy["test_acc"],
+        )
+        return
     log.info(
         "round %d %s control: %.2f%% weights remain, best val %.2f%%, test %.2f%% (epoch %d), %.1fs",
         record["round"],

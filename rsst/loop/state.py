@@ -33,6 +33,9 @@ class RunState:
     trunk_weights: dict[str, Tensor] | None = None  # the ticket's weights while its controls train
     theta_0: dict[str, Tensor] = field(default_factory=dict)  # the initial (or pretrained) weights
     theta_rewind: dict[str, Tensor] | None = None  # what every pruned round rewinds to
+    # prune.stability: round 0's optimizer state at the rewind point (its copy continues round 0's training there)
+    rewind_optimizer: dict[str, Any] | None = None
+    trunk_plan: RoundPlan | None = None  # the last finished round's masks, while its stability copy waits or trains
     epoch_rows: list[dict[str, Any]] = field(default_factory=list)
     round_rows: list[dict[str, Any]] = field(default_factory=list)
     round_seconds: float = 0.0
@@ -84,6 +87,7 @@ Codec = tuple[Callable[[Any], Any], Callable[[Any, torch.device], Any]]
 PLAIN: Codec = (lambda value: value, lambda value, _device: value)
 CODECS: dict[str, Codec] = {
     "plan": (_plan_out, _plan_in),
+    "trunk_plan": (_plan_out, _plan_in),
     "ticket": (
         lambda masks: None if masks is None else dict(masks),
         lambda blob, device: None if blob is None else Masks(blob).to(device),

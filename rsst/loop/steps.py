@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import torch
@@ -34,6 +34,7 @@ def train_epoch(
     progress=None,
     execution: Execution | None = None,
     global_sizes: Sequence[int] | None = None,
+    after_step: tuple[int, Callable[[], None]] | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``batches``; after every step the pruned weights are exactly zero.
 
@@ -43,7 +44,8 @@ def train_epoch(
     ``global_sizes[b]`` is the size of global batch ``b``: the shard's summed loss is scaled by
     :func:`rsst.parallel.dist.loss_scale`, so the averaged gradient is the mean-loss gradient of
     the whole global batch. Loss and accuracy are accumulated on the device, summed over the
-    ranks, and read once at the end.
+    ranks, and read once at the end. ``after_step=(i, call)``: ``call()`` once step ``i`` (0-based, of
+    these batches) has updated the weights and the lr (where round 0 keeps its rewind point).
     """
     run = execution or Execution()
     scaler = run.scaler
@@ -78,6 +80,8 @@ def train_epoch(
             scaler.update()
         scheduler.step()
         apply_masks_(weights, masks)
+        if after_step is not None and step == after_step[0]:
+            after_step[1]()
         loss_sum += sample_sum.detach().float()
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]

@@ -39,7 +39,8 @@ class ADMMPenalty:
     ``Z`` projects onto the ``keep`` largest weights among those alive in ``masks``
     (the round's training mask); it starts as ``Pi_S(W)`` and ``U`` as zero.
     ``start_epoch(e)`` updates ``Z`` and ``U`` before epoch ``e`` when ``e`` is a
-    positive multiple of ``update_every``: a run resumed at an epoch boundary from
+    multiple of ``update_every`` after the round's first epoch (``first_epoch``: 0, or
+    the epoch a round rewound to a step of round 0 starts in): a run resumed at an epoch boundary from
     :meth:`state_dict` repeats the same updates. The update due after the last of
     ``epochs`` epochs is the one :meth:`final_support` reads.
     """
@@ -52,6 +53,7 @@ class ADMMPenalty:
         rho: float,
         update_every: int,
         epochs: int,
+        first_epoch: int = 0,
     ) -> None:
         self.names = list(masks)
         self.weights = [weights[n] for n in self.names]
@@ -60,6 +62,7 @@ class ADMMPenalty:
         self.rho = rho
         self.update_every = update_every
         self.epochs = epochs
+        self.first_epoch = first_epoch
         with torch.no_grad():
             z = project(self.current(), masks, keep)
         self.z = [z[n] for n in self.names]
@@ -83,7 +86,7 @@ class ADMMPenalty:
         self.target = self._target()
 
     def start_epoch(self, epoch: int) -> None:
-        if epoch > 0 and epoch % self.update_every == 0:
+        if epoch > self.first_epoch and epoch % self.update_every == 0:
             self.update()
 
     def __call__(self) -> None:
@@ -150,10 +153,12 @@ class ADMM(Strategy):
         steps_per_epoch: int,
         epochs: int,
         norms: Mapping[str, Tensor] | None = None,
+        start_step: int = 0,
     ) -> ADMMPenalty | None:
         if plan.target is None:
             return None
-        return ADMMPenalty(weights, plan.train, plan.target, self.rho, self.update_every, epochs)
+        first = start_step // steps_per_epoch  # a rewound round's first epoch: the round starts inside it
+        return ADMMPenalty(weights, plan.train, plan.target, self.rho, self.update_every, epochs, first)
 
     def final_masks(self, plan: RoundPlan, penalty: Any) -> Masks:
         """Hard prune: the support of ``Z``, after the update due at the round's end (if one is due)."""

@@ -10,7 +10,10 @@ costs a few fused ``torch._foreach_*`` kernels and no host synchronisation.
 
 ``t`` is a pure function of (epoch, step): :meth:`RSSTPenalty.start_epoch` sets
 it from the epoch number, so a run resumed at an epoch boundary continues the
-exact lambda sequence of an uninterrupted one.
+exact lambda sequence of an uninterrupted one. A round rewound to step ``k`` of
+round 0 (``prune.rewind=step``) trains the steps from ``k`` on: its ``round``
+period is those steps, and its first, partial epoch starts ``k mod steps`` into
+an ``epoch`` period.
 """
 
 from __future__ import annotations
@@ -161,11 +164,14 @@ class RSSTPenalty:
         steps_per_epoch: int,
         epochs: int,
         block_loss_grad: bool = False,
+        start_step: int = 0,
     ) -> None:
         if len(weights) != len(penalised):
             raise ValueError(f"{len(weights)} weights but {len(penalised)} penalised masks")
         if steps_per_epoch < 1 or epochs < 1:
             raise ValueError(f"need steps_per_epoch >= 1 and epochs >= 1, got {steps_per_epoch} and {epochs}")
+        if not 0 <= start_step < steps_per_epoch * epochs:
+            raise ValueError(f"start_step={start_step}: expected a step in [0, {steps_per_epoch * epochs})")
         pairs = [(w, p) for w, p in zip(weights, penalised, strict=True) if bool(p.any())]
         self.weights = [w for w, _ in pairs]
         self.masks = [like(w, p) for w, p in pairs]  # made once per round, in the weight's own layout
@@ -173,14 +179,21 @@ class RSSTPenalty:
         self.schedule = schedule
         self.block_loss_grad = block_loss_grad
         self.steps_per_epoch = steps_per_epoch
-        self.period_steps = steps_per_epoch * epochs if schedule.period == "round" else steps_per_epoch
+        self.start_step = start_step  # the round trains from this step of round 0's schedule on
+        self.period_steps = steps_per_epoch * epochs - start_step if schedule.period == "round" else steps_per_epoch
         device = weights[0].device if len(weights) else torch.device("cpu")
         self.t = torch.zeros((), dtype=torch.int64, device=device)
         self.lam = torch.zeros((), dtype=torch.float32, device=device)
 
     def start_epoch(self, epoch: int) -> None:
-        """Set ``t`` to the steps already taken in the period when epoch ``epoch`` (0-based) begins."""
-        self.t.fill_(epoch * self.steps_per_epoch if self.schedule.period == "round" else 0)
+        """Set ``t`` to the steps already taken in the period when epoch ``epoch`` (0-based) begins.
+
+        ``round``: the steps the round has trained; ``epoch``: the batches of the epoch before the round's
+        start step (none but in a rewound round's first epoch).
+        """
+        first = epoch * self.steps_per_epoch
+        taken = first - self.start_step if self.schedule.period == "round" else self.start_step - first
+        self.t.fill_(max(taken, 0))
 
     def __call__(self) -> None:
         self.t += 1

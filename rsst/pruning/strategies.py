@@ -118,11 +118,13 @@ class Strategy:
         steps_per_epoch: int,
         epochs: int,
         norms: Mapping[str, Tensor] | None = None,
+        start_step: int = 0,
     ) -> Penalty | None:
         """The gradient penalty of a round planned as ``plan``, called between backward and step; none by default.
 
         ``norms`` maps a conv weight's name to the scale (gamma) of the BatchNorm that normalises its
-        output, for the convs that have one (:func:`rsst.models.norms.following_norms`).
+        output, for the convs that have one (:func:`rsst.models.norms.following_norms`). ``start_step``: the
+        round trains the steps of round 0's schedule from this one on (``prune.rewind=step``), 0 otherwise.
         """
         return None
 
@@ -234,8 +236,9 @@ class RSST(Refill):
         steps_per_epoch: int,
         epochs: int,
         norms: Mapping[str, Tensor] | None = None,
+        start_step: int = 0,
     ) -> Penalty | None:
         if plan.penalised is None:
             return None
         tensors, masks = self.penalised_tensors(plan, weights, norms)
-        return RSSTPenalty(tensors, masks, self.schedule, steps_per_epoch, epochs, self.block_loss_grad)
+        return RSSTPenalty(tensors, masks, self.schedule, steps_per_epoch, epochs, self.block_loss_grad, start_step)
