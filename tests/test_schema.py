@@ -26,10 +26,12 @@ COMPOSE_ERRORS = [
     ("dataset.val_size=x", "dataset.val_size='x' is invalid: expected an integer >= 1"),
     ("paths.root=[1,2]", "paths.root=[1, 2] is invalid: expected null or a string"),
     ("struct=foo", "struct='foo' is invalid: expected one of admm, grasp, imp, omp, random, refill, rsst, snip"),
-    ("experiment=nope", "experiment='nope' is invalid: expected one of lth_fashion_mnist_lenet"),
+    ("experiment=nope", "experiment='nope' is invalid: expected one of "
+     + ", ".join(sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+     + " (the options in conf/experiment)"),
     ("foo=1", "foo is not a key of the config: the top level has arch, collective_timeout_s, criteria, dataset"),
     ("train.epoch=3", "train.epoch is not a key of the config: train has amp, batch_size"),
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("override", "line"), COMPOSE_ERRORS, ids=[c[0] for c in COMPOSE_ERRORS])
