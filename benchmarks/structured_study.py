@@ -443,7 +443,7 @@ def beta_check(run_dir: Path, round_: int, threads: int) -> dict[str, float] | N
     from rsst.commands.export import load_round
     from rsst.config.checks import build
     from rsst.folder.naming import read_verified_config
-    from rsst.loop.steps import evaluate
+    from rsst.loop.hot_loop import evaluate
 
     torch.set_num_threads(threads)
     loaded = load_round(run_dir, round_, torch.device("cpu"))

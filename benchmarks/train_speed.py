@@ -15,7 +15,7 @@ schedule, and is timed over ``--epochs`` epochs after ``--warmup`` untimed ones:
   copies each layer's mask to the host, finds the penalised indices with numpy
   and adds ``lambda * w`` there, on every batch.
 * ``dense``, ``imp``, ``refill``, ``rsst``: this project's loop
-  (:func:`rsst.loop.steps.train_epoch`): the data on the device as uint8, cut,
+  (:func:`rsst.loop.hot_loop.train_epoch`): the data on the device as uint8, cut,
   augmented and normalised there in batches; masks multiplied in place after the
   step; the fused (CUDA) or foreach (CPU) optimiser; ``--channels-last`` and
   ``--compile`` as ``train.channels_last`` and ``train.compile``; each precision of
@@ -45,8 +45,8 @@ from torch import Tensor, nn
 
 from rsst.data.base import Split, TensorDataModule
 from rsst.data.options import Serving
+from rsst.loop.hot_loop import train_epoch
 from rsst.loop.optim import build_optimizer, build_scheduler
-from rsst.loop.steps import train_epoch
 from rsst.models import prunable_weights
 from rsst.models.cifar_resnet import resnet20, resnet56
 from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune

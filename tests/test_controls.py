@@ -12,8 +12,8 @@ from helpers import FAST, compose_config, launch, python, read_rounds
 from hydra.utils import instantiate
 
 from rsst.folder.tickets import load_masks
+from rsst.loop.hot_loop import evaluate
 from rsst.loop.run import RoundLoop, epoch_seed, resolve_precision
-from rsst.loop.steps import evaluate
 from rsst.pruning.controls import control_seed, is_channel_ticket, shuffle_layerwise
 from rsst.pruning.masks import Masks
 
@@ -84,7 +84,7 @@ def control_start(tmp_path: Path, name: str, seed: int = 0) -> RoundLoop:
     loop.fresh_start()
     loop.state.ticket = Masks({n: random_mask(tuple(w.shape), 0.5, i) for i, (n, w) in enumerate(loop.weights.items())})
     loop.state.round, loop.state.pending = 2, [name]
-    loop.begin_control()
+    loop.begin_branch()
     return loop
 
 

@@ -20,8 +20,8 @@ from rsst.folder.checkpoint import CheckpointError
 from rsst.folder.lock import RunLockedError
 from rsst.folder.naming import RunFolderError
 from rsst.folder.safeload import UnloadableFile
-from rsst.parallel.agree import PeerFailed
 from rsst.parallel.dist import RanksDisagree
+from rsst.parallel.fail_together import PeerFailed
 from rsst.search.study import SearchError
 
 # Each user-facing error and the built-in type it has always been (older ``except`` clauses still catch it).

@@ -11,9 +11,9 @@ from rsst.config.checks import ConfigError, validate_config
 from rsst.folder.checkpoint import load_checkpoint
 from rsst.folder.naming import config_hash, run_directory
 from rsst.folder.tickets import load_masks
+from rsst.loop.hot_loop import train_epoch
 from rsst.loop.optim import build_optimizer, build_scheduler
 from rsst.loop.run import RoundLoop
-from rsst.loop.steps import train_epoch
 from rsst.models.cifar_resnet import resnet20
 from rsst.models.prunable import prunable_weights
 from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune

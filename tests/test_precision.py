@@ -13,7 +13,7 @@ import torch
 import yaml
 from helpers import FAST, launch, only_run_dir, python, read_rounds
 
-from rsst.loop.steps import train_epoch
+from rsst.loop.hot_loop import train_epoch
 from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune
 from rsst.runtime.execution import Execution, resolve_device
 from rsst.runtime.precision import AMP_MODES, cpuinfo_flags, fast_bf16_cpu, resolve_amp, resolve_amp_name

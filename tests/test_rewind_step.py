@@ -12,9 +12,9 @@ import torch
 from rsst.config.checks import ConfigError, validate_config
 from rsst.folder.naming import run_directory
 from rsst.loop.epochs import epoch_seed
+from rsst.loop.hot_loop import train_epoch
 from rsst.loop.rounds import RoundLoop
 from rsst.loop.run import run
-from rsst.loop.steps import train_epoch
 
 STEPS = 23  # optimizer steps an epoch: 1,437 training digits in batches of 64
 K = 30  # a rewind step inside round 0's second epoch (its batch 7)

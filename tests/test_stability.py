@@ -17,9 +17,9 @@ from report_runs import write_run
 from torch import nn
 
 from rsst.commands.report import report
+from rsst.loop.hot_loop import evaluate
 from rsst.loop.run import run
 from rsst.loop.stability import alphas, barrier, interpolate, linear_path, norm_seed, recompute_batch_norm
-from rsst.loop.steps import evaluate
 
 # RSST (its penalty trains in the copy too), rewound to step 30 of round 0 (inside its second epoch of 23 steps),
 # so every copy starts inside an epoch and trains two epochs' worth of rows.

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from rsst.loop.hot_loop import train_epoch
 from rsst.loop.optim import WarmupMultiStep, build_scheduler
-from rsst.loop.steps import train_epoch
 from rsst.models.cifar_resnet import resnet20
 from rsst.models.prunable import prunable_weights
 from rsst.pruning.masks import Masks, apply_masks_, global_magnitude_prune

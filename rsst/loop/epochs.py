@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rsst.loop.divergence import check_epoch
+from rsst.loop.hot_loop import evaluate, evaluate_counts, train_epoch
 from rsst.loop.record import fingerprint
 from rsst.loop.stability import STABILITY, copy_seed
 from rsst.loop.state import RunState
-from rsst.loop.steps import evaluate, evaluate_counts, train_epoch
 from rsst.parallel import ddp, dist
 from rsst.pruning.masks import apply_masks_
 from rsst.pruning.strategies import Penalty, Strategy
@@ -119,7 +119,7 @@ class Epochs:
         """Train epoch ``state.epoch`` of the current round or control: its row (not yet recorded) and seconds.
 
         ``start_step``: the round trains round 0's schedule from that step on, so the epoch holding it starts
-        at its batch ``start_step mod steps``. ``after_step``: see :func:`~rsst.loop.steps.train_epoch`.
+        at its batch ``start_step mod steps``. ``after_step``: see :func:`~rsst.loop.hot_loop.train_epoch`.
         The stability copy (:mod:`rsst.loop.stability`) draws its own data order. A non-finite loss or weight
         raises :class:`~rsst.loop.divergence.Diverged` before the epoch is evaluated, so the loop neither
         saves nor records it.

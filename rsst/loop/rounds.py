@@ -37,7 +37,7 @@ from rsst.models import prunable_weights
 from rsst.models.norms import following_norms
 from rsst.models.size import is_channel_wise, structured_size
 from rsst.parallel import ddp, dist
-from rsst.parallel.agree import together
+from rsst.parallel.fail_together import together
 from rsst.pruning.masks import Masks, apply_masks_
 from rsst.pruning.regularizer import dropped_channels, penalised_norm
 from rsst.pruning.strategies import Penalty, PruneContext, RoundPlan, Strategy, imp_equivalent_density
@@ -456,10 +456,10 @@ class RoundLoop:
 
     # -- a round's branches: lottery-ticket controls (rsst/loop/controls.py), the stability copy (stability.py) --
 
-    def begin_control(self) -> None:
+    def begin_branch(self) -> None:
         """Start the next pending branch of the last finished round."""
         (stability.begin if self.state.pending[0] == STABILITY else controls.begin)(self)
 
-    def end_control(self) -> dict[str, Any]:
+    def end_branch(self) -> dict[str, Any]:
         """End the branch in training; its record (a control's row, or what the copy added to the round's row)."""
         return (stability.end if self.state.branch == STABILITY else controls.end)(self)

@@ -43,7 +43,7 @@ from rsst.loop.restorable import restore_checked
 from rsst.loop.rounds import RoundLoop
 from rsst.loop.stability import STABILITY
 from rsst.parallel import dist
-from rsst.parallel.agree import together
+from rsst.parallel.fail_together import together
 from rsst.runtime.environment import Runtime, resolve_runtime
 from rsst.tracking import format_table
 
@@ -239,7 +239,7 @@ def _run(loop: RoundLoop, pretrained: dict[str, torch.Tensor] | None) -> dict[st
         try:
             while state.round < rounds or state.pending:
                 if state.pending:
-                    _train_control(loop, stop)
+                    _train_branch(loop, stop)
                 else:
                     _train_round(loop, stop)
         except Diverged as exc:  # a result too: recorded for rsst.report, the run stays resumable
@@ -302,13 +302,13 @@ def _train_epochs(loop: RoundLoop, stop: GracefulStop | None) -> None:
         stop_if_requested(loop, stop)
 
 
-def _train_control(loop: RoundLoop, stop: GracefulStop | None) -> None:
+def _train_branch(loop: RoundLoop, stop: GracefulStop | None) -> None:
     """Train the next pending branch of the last finished round (a control, or the stability copy) and record it."""
     if loop.state.plan is None:
-        loop.begin_control()
+        loop.begin_branch()
         loop.save()
     _train_epochs(loop, stop)
-    record = loop.end_control()
+    record = loop.end_branch()
     loop.save()
     loop.write(lambda: loop.tracker.log_rounds(loop.state.round_rows))
     if record["branch"] == STABILITY:

@@ -1,4 +1,4 @@
-"""One epoch of training and one pass of evaluation, with masks applied in place after every step."""
+"""The hot loop: one epoch of training and one pass of evaluation, with masks applied in place after every step."""
 
 from __future__ import annotations
 
