@@ -322,6 +322,7 @@ def worker(out: Path) -> None:
             res["bn_outputs"].append(logits.detach())
             res["bn_grads"].append({n: p.grad.clone() for n, p in bn_model.named_parameters()})
         res["bn_state"] = bn_model.state_dict()
+        del ddp, wrapped  # DDP's reducers hold gloo work: gone before the group, or gloo may abort at exit
         D.barrier()
     torch.save(res, out / f"rank{rank}.pt")
 

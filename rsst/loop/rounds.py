@@ -127,6 +127,16 @@ class RoundLoop:
         ddp.global_batch_norm(self.model)
         self.epochs.train_forward = compile_model(ddp.wrap(self.model, self.env, self.device), self.cfg.train.compile)
 
+    def leave_group(self) -> None:
+        """Multi-process run: drop the DistributedDataParallel wrapper before the process group is destroyed.
+
+        Its reducer holds gloo work; left to the interpreter's exit, after the group is gone, its teardown
+        aborted a rank now and then ("terminate called without an active exception", exit -6: 2 of 30
+        two-process runs of tests/test_distributed.py's worker, 0 of 40 once the wrapper went first).
+        """
+        if self.env.is_distributed:
+            self.epochs.train_forward = self.epochs.forward
+
     @property
     def files(self) -> RunFiles:
         """The names of the run folder's files."""

@@ -101,19 +101,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         with dist.process_group(runtime.env, cfg.collective_timeout_s):
             loop, pretrained = together(runtime.env, lambda: _build(cfg, run_dir, runtime))
             loop.distribute()
-            with ExitStack() as held:
-                together(runtime.env, lambda: _open_folder(loop, held))
-                log.info("precision: %s (%s)", runtime.precision.resolved, runtime.precision.reason)
-                env = runtime.env
-                if env.is_distributed:
-                    log.info("%d processes (%s, %s backend); rank 0 on %s", env.world_size, env.launcher,
-                             env.backend, runtime.device)  # fmt: skip
-                try:
-                    return _run(loop, pretrained)
-                except KeyboardInterrupt:
-                    _ignore_further_interrupts()
-                    _to_run_log(interrupted(loop))  # while run.log is still attached
-                    raise
+            try:
+                with ExitStack() as held:
+                    together(runtime.env, lambda: _open_folder(loop, held))
+                    log.info("precision: %s (%s)", runtime.precision.resolved, runtime.precision.reason)
+                    env = runtime.env
+                    if env.is_distributed:
+                        log.info("%d processes (%s, %s backend); rank 0 on %s", env.world_size, env.launcher,
+                                 env.backend, runtime.device)  # fmt: skip
+                    try:
+                        return _run(loop, pretrained)
+                    except KeyboardInterrupt:
+                        _ignore_further_interrupts()
+                        _to_run_log(interrupted(loop))  # while run.log is still attached
+                        raise
+            finally:
+                loop.leave_group()  # the DDP wrapper goes before the group does
     except KeyboardInterrupt:
         _ignore_further_interrupts()
         if runtime.writer:  # one line, not a traceback; the other ranks of a multi-process run stop quietly
