@@ -83,3 +83,15 @@ def only_run_dir(root: Path) -> Path:
 
 def read_rounds(run_dir: Path) -> list[dict]:
     return json.loads((Path(run_dir) / "rounds.json").read_text())
+
+
+def make_loop(cfg: DictConfig):
+    """A fresh :class:`rsst.loop.rounds.RoundLoop` for ``cfg`` in its own new run folder, as a new run starts it."""
+    from rsst.folder.naming import run_directory  # noqa: PLC0415  (torch: only for the tests that train)
+    from rsst.loop.rounds import RoundLoop  # noqa: PLC0415
+
+    run_dir = run_directory(cfg)
+    run_dir.mkdir(parents=True)
+    loop = RoundLoop(cfg, run_dir)
+    loop.fresh_start()
+    return loop

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_loop
 
 from rsst.config.checks import ConfigError, validate_config
-from rsst.folder.naming import run_directory
 from rsst.loop.epochs import epoch_seed
 from rsst.loop.hot_loop import train_epoch
 from rsst.loop.rounds import RoundLoop
@@ -26,14 +26,6 @@ def comparable(rows: list[dict]) -> list[dict]:
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)
-
-
-def make_loop(cfg) -> RoundLoop:
-    run_dir = run_directory(cfg)
-    run_dir.mkdir(parents=True)
-    loop = RoundLoop(cfg, run_dir)
-    loop.fresh_start()
-    return loop
 
 
 @pytest.mark.train

@@ -6,19 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_loop
 
 from rsst.config.checks import ConfigError
 from rsst.folder.checkpoint import clone_state
-from rsst.folder.naming import run_directory
 from rsst.loop.run import RoundLoop, run
-
-
-def make_loop(cfg) -> RoundLoop:
-    run_dir = run_directory(cfg)
-    run_dir.mkdir(parents=True)
-    loop = RoundLoop(cfg, run_dir)
-    loop.fresh_start()
-    return loop
 
 
 def train_round(loop: RoundLoop, epochs: int, after_epoch=None) -> None:
