@@ -26,6 +26,9 @@ study with ``rsst.report`` (accuracy against channel density and against MACs), 
   still carried (their BatchNorm's running variance and |gamma|, :func:`removed_channels`); the
   verdicts; the budget, the machine and the compute time;
 * ``OUT/study.md``: the same as tables and the verdict in words.
+* ``OUT/study_time.json``: the study's wall time over every start (written every ``--clock-every``
+  seconds, so a killed study keeps it) and, per start, when it began and on which processor with
+  which bf16 units: the runs of one study may come from several machines, and the report says which.
 
 The verdict compares RSST with Refill per pruned round, paired by seed: the mean difference in
 points and its std over seeds, and whether the difference is larger than the seed-to-seed spread
@@ -66,7 +69,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rsst.runtime.precision import processor_name  # noqa: E402
+from rsst.runtime.precision import cpuinfo_flags, processor_name  # noqa: E402
 
 METHODS = ("refill", "rsst", "imp")
 # The seed project's method settings, identical for every method where they apply.
@@ -681,17 +684,77 @@ def dense_size(env: dict[str, str], quick: bool) -> tuple[int, int]:
     return count_params(model), count_macs(model, (1, 3, 32, 32))
 
 
+def read_timing(timing_file: Path) -> dict[str, Any]:
+    """The study's clock from ``timing_file``: wall seconds, starts and each start's machine; fresh when unreadable.
+
+    A file written before the machines were recorded has no ``machines``: its starts count as unrecorded.
+    """
+    timing: dict[str, Any] = {"sweep_seconds": 0.0, "starts": 0, "machines": []}
+    if not timing_file.is_file():
+        return timing
+    try:
+        found = json.loads(timing_file.read_text())
+        numbers = ("sweep_seconds", "starts")
+        assert isinstance(found, dict) and all(isinstance(found.get(k), (int, float)) for k in numbers)
+        machines = found.get("machines", [])
+        assert isinstance(machines, list) and all(
+            isinstance(m, dict) and isinstance(m.get("from"), str) and isinstance(m.get("processor"), str)
+            and isinstance(m.get("bf16_flags"), list) and all(isinstance(f, str) for f in m["bf16_flags"])
+            for m in machines
+        )  # fmt: skip
+        return {"sweep_seconds": found["sweep_seconds"], "starts": found["starts"], "machines": machines}
+    except (ValueError, AssertionError, OSError):
+        sys.stderr.write(f"{timing_file} is unreadable: the wall time counts from this start\n")
+        return timing
+
+
+def machine_record() -> dict[str, Any]:
+    """What this start of the study runs on: the time, the processor and its bf16 units (``lscpu``'s flags)."""
+    flags = sorted(f for f in cpuinfo_flags() if f.startswith("amx") or "bf16" in f)
+    return {"from": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "processor": processor_name(), "bf16_flags": flags}
+
+
+def machines_line(timing: dict[str, Any]) -> str:
+    """Which processor ran which start, in words: every training start is recorded by :func:`machine_record`."""
+    machines = timing.get("machines", [])
+    parts = [f"{m['processor']} ({', '.join(m['bf16_flags']) or 'no bf16 units'}) from {m['from']}" for m in machines]
+    unrecorded = timing["starts"] - len(machines)
+    if unrecorded > 0:
+        parts.insert(0, f"{unrecorded} earlier start(s) whose machine was not recorded")
+    return "; ".join(parts) if parts else "no start recorded"
+
+
 def run_sweeps(
-    todo: list[tuple[str, list[str]]], out: Path, env: dict[str, str], jobs: int, timing: dict, timing_file: Path
+    todo: list[tuple[str, list[str]]],
+    out: Path,
+    env: dict[str, str],
+    jobs: int,
+    timing: dict,
+    timing_file: Path,
+    tick: float = 60.0,
 ) -> None:
     """Each ``launch.py -m`` sweep, ``jobs`` at a time, into ``out``; the wall time is added to ``timing`` as it goes.
 
-    One at a time, a sweep's output streams to stderr; several at once, each writes ``out/logs/<n>.log``.
-    The first sweep that fails ends the study (after the ones running beside it) with its exit status.
+    The wall time is written to ``timing_file`` every ``tick`` seconds and when a sweep ends, so a study killed
+    part-way keeps all but the last tick of it. One at a time, a sweep's output streams to stderr; several at
+    once, each writes ``out/logs/<n>.log``. The first sweep that fails ends the study (after the ones running
+    beside it) with its exit status.
     """
     clock = {"last": time.perf_counter()}
     lock = threading.Lock()
+    done = threading.Event()
     (out / "logs").mkdir(exist_ok=True)
+
+    def account() -> None:
+        with lock:  # the wall time since the last update: sweeps running side by side are not counted twice
+            now = time.perf_counter()
+            timing["sweep_seconds"] += now - clock["last"]
+            clock["last"] = now
+            timing_file.write_text(json.dumps(timing) + "\n")
+
+    def ticker() -> None:
+        while not done.wait(tick):
+            account()
 
     def one(item: tuple[int, tuple[str, list[str]]]) -> tuple[str, int, Path | None]:
         n, (label, sweep) = item
@@ -705,16 +768,20 @@ def run_sweeps(
                 sys.stderr.write(f"== {label}: started, log in {log_file}\n")
                 code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
             sys.stderr.write(f"== {label}: {'done' if code == 0 else f'failed (exit {code})'}\n")
-        with lock:  # the wall time since the last update: sweeps running side by side are not counted twice
-            now = time.perf_counter()
-            timing["sweep_seconds"] += now - clock["last"]
-            clock["last"] = now
-            timing_file.write_text(json.dumps(timing) + "\n")
+        account()
         return label, code, log_file
 
     timing["starts"] += 1
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = list(pool.map(one, enumerate(todo)))
+    timing.setdefault("machines", []).append(machine_record())
+    account()
+    clock_thread = threading.Thread(target=ticker, daemon=True)
+    clock_thread.start()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            results = list(pool.map(one, enumerate(todo)))
+    finally:
+        done.set()
+        clock_thread.join()
     for label, code, log_file in results:
         if code != 0:
             where = f"its log is {log_file}" if log_file else "its log is above"
@@ -741,10 +808,16 @@ def main(argv: list[str] | None = None) -> int:
         "gpu: all 45,000, 20 epochs a round (add device=cuda)",
     )  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="sweeps run at once (default 1; 4 fills a GPU better)")
+    parser.add_argument(
+        "--clock-every", type=float, default=60.0, metavar="SECONDS",
+        help="write the study's wall time to OUT/study_time.json this often (default 60), so a kill loses at most that",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="extra launch.py overrides, e.g. dataset.root=DIR")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs={args.jobs}: expected an integer >= 1")
+    if not args.clock_every > 0:
+        parser.error(f"--clock-every={args.clock_every:g}: expected a number of seconds > 0")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",")]
         assert all(s >= 0 for s in args.seeds)
@@ -772,16 +845,9 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("OMP_NUM_THREADS", "2" if args.jobs == 1 else "1")
 
     timing_file = out / "study_time.json"
-    timing = {"sweep_seconds": 0.0, "starts": 0}
-    if timing_file.is_file():
-        try:
-            found = json.loads(timing_file.read_text())
-            assert isinstance(found, dict) and all(isinstance(found.get(k), (int, float)) for k in timing)
-            timing = {k: found[k] for k in timing}
-        except (ValueError, AssertionError, OSError):
-            sys.stderr.write(f"{timing_file} is unreadable: the wall time counts from this start\n")
+    timing = read_timing(timing_file)
     if not args.no_train:
-        run_sweeps(sweeps(args), out, env, args.jobs, timing, timing_file)
+        run_sweeps(sweeps(args), out, env, args.jobs, timing, timing_file, args.clock_every)
 
     runs = read_runs(out)
     summary = summarise(runs, args.ablation)
@@ -827,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         "training_seconds": round(compute, 1),
         "sweep_seconds_all_starts": round(timing["sweep_seconds"], 1),
         "starts": timing["starts"],
+        "machines": timing["machines"],
     }
     result = {
         "summary": summary, "verdict": verdict, "latency": exports, "removed": removed, "beta": betas,
@@ -903,6 +970,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Training compute: {compute / 3600:.2f} h summed over rounds ({settings['processor']}, "
         f"{settings['threads']} threads); the sweeps' wall time over {timing['starts']} start(s): "
         f"{timing['sweep_seconds'] / 3600:.2f} h.",
+        "",
+        f"The starts ran on: {machines_line(timing)}.",
     ]
     (out / "study.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

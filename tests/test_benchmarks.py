@@ -6,6 +6,10 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from helpers import ROOT, compose_config, python
@@ -14,7 +18,7 @@ from omegaconf import OmegaConf
 from rsst.config.checks import validate_config
 from rsst.config.sweeps import job_overrides
 from rsst.data.fashion_mnist import SYSTEM_ROOT
-from rsst.runtime.precision import fast_bf16_cpu, torch_bf16_units
+from rsst.runtime.precision import cpuinfo_flags, fast_bf16_cpu, processor_name, torch_bf16_units
 
 FIELDS = {
     "loop",
@@ -388,3 +392,63 @@ def test_structured_study_without_training_reads_a_corrupt_study_time_json_as_a_
     assert proc.returncode == 1 and lines[-1].startswith(
         f"rsst.report --x channel_density failed: FileNotFoundError: {out}"
     )
+
+
+@pytest.mark.slow
+def test_a_killed_study_keeps_its_wall_time_up_to_the_last_tick_and_the_machine_it_ran_on(tmp_path):
+    """The clock is written every --clock-every seconds while sweeps train, not only when one ends."""
+    out = tmp_path / "study"
+    cmd = [sys.executable, "benchmarks/structured_study.py", "--quick", "--out", str(out), "--seeds", "1"]
+    cmd += ["--ablation", "none", "--controls", "", "--clock-every", "0.5"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    clock = out / "study_time.json"
+    try:
+        seconds = 0.0
+        while seconds < 3.0 and proc.poll() is None and time.monotonic() - started < 120:
+            time.sleep(0.1)
+            try:
+                seconds = json.loads(clock.read_text())["sweep_seconds"]
+            except (OSError, ValueError, KeyError):
+                continue  # not written yet, or caught mid-write
+        assert proc.poll() is None, "the study ended before it could be killed: the test needs a longer sweep"
+        os.killpg(proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    timing = json.loads(clock.read_text())
+    assert 3.0 <= timing["sweep_seconds"] <= killed - started  # no sweep had ended: the ticks alone wrote it
+    assert timing["starts"] == 1 and len(timing["machines"]) == 1
+    machine = timing["machines"][0]
+    assert machine["processor"] == processor_name()
+    assert machine["bf16_flags"] == sorted(f for f in cpuinfo_flags() if f.startswith("amx") or "bf16" in f)
+    assert not (out / "study.json").exists()  # it was killed while training
+
+
+def test_a_study_clock_from_before_the_machine_record_counts_its_starts_as_unrecorded(tmp_path):
+    study = load_benchmark("structured_study")
+    clock = tmp_path / "study_time.json"
+    clock.write_text(json.dumps({"sweep_seconds": 7322.8, "starts": 2}) + "\n")  # as a study of the first edition
+    timing = study.read_timing(clock)
+    assert timing == {"sweep_seconds": 7322.8, "starts": 2, "machines": []}
+    timing["starts"] += 1
+    timing["machines"].append({"from": "2026-12-06T19:48:49+0000", "processor": "Xeon", "bf16_flags": ["amx_bf16"]})
+    assert study.machines_line(timing) == (
+        "2 earlier start(s) whose machine was not recorded; Xeon (amx_bf16) from 2026-12-06T19:48:49+0000"
+    )
+    clock.write_text(json.dumps({**timing, "machines": [{"from": 3}]}))  # a record of the wrong shape
+    assert study.read_timing(clock) == {"sweep_seconds": 0.0, "starts": 0, "machines": []}
+
+
+def test_structured_study_refuses_a_clock_interval_that_is_not_positive(tmp_path, capsys):
+    study = load_benchmark("structured_study")
+    with pytest.raises(SystemExit) as stopped:
+        study.main(["--out", str(tmp_path / "study"), "--no-train", "--clock-every", "0"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("error: --clock-every=0: expected a number of seconds > 0")
+    assert not (tmp_path / "study").exists()  # refused before anything was made
