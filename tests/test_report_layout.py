@@ -63,6 +63,41 @@ def test_labels_hold_the_method_and_only_keys_that_vary_among_its_runs(tmp_path,
     assert all(len(g.runs) == 2 for g in result["groups"])
 
 
+def test_a_label_leaves_out_the_controls_key_unless_it_alone_tells_two_groups_apart(tmp_path):
+    """The structured study's arms: Refill and RSST with the reinit control, two RSST ablations without it."""
+    reinit = controls_override(("reinit",))
+    grid = [
+        ("refill", [reinit]),
+        ("rsst", [reinit]),
+        ("rsst", ["struct.penalty_scope=channels"]),
+        ("rsst", ["schedule.period=round"]),
+    ]
+    for k, (method, extra) in enumerate(grid):
+        for s in (1, 2):
+            accs = accuracies(3, 68.0, 1.0 + k, s)
+            ctl = {"reinit": [a - 1.0 for a in accs[1:]]} if reinit in extra else None
+            config = [f"struct={method}", "prune.rounds=3", *extra]
+            write_run(tmp_path, config, s, rows(accs, remaining(method, 3), ctl))
+    result = report(tmp_path)
+    assert {g.label for g in result["groups"]} == {
+        "refill",
+        "rsst period=epoch",
+        "rsst penalty_scope=channels period=epoch",
+        "rsst period=round",
+    }
+    assert {line["label"] for line in result["layout"].lines} >= {"refill — reinit", "rsst period=epoch — reinit"}
+    # RSST with and without the control, otherwise alike: the key is all that tells them apart, so every RSST
+    # label keeps it
+    write_run(tmp_path, ["struct=rsst", "prune.rounds=3"], 1, rows(accuracies(3, 68.0, 2.0, 1), remaining("rsst", 3)))
+    assert {g.label for g in report(tmp_path)["groups"]} == {
+        "refill",
+        'rsst controls=["reinit"] period=epoch',
+        "rsst controls=[] period=epoch",
+        "rsst controls=[] penalty_scope=channels period=epoch",
+        "rsst controls=[] period=round",
+    }
+
+
 @pytest.mark.parametrize(
     ("grid", "controls", "rounds", "lines"),
     [(THREE_METHODS, True, 6, 3 * 3), (FIVE_CRITERIA, False, 10, 5), (FIVE_CRITERIA, True, 10, 5 * 3)],

@@ -112,6 +112,24 @@ def label_parts(keys: Sequence[str], flat: dict[str, str]) -> list[str]:
     return targets + [f"{n}={short(flat[k])}" for k, n in zip(plain, names, strict=True) if k in flat]
 
 
+# Keys that add branches to a run (the controls), which the figure draws as lines of their own (``— reinit``):
+# a label leaves them out where the method's groups are told apart without them.
+BRANCH_KEYS = ("prune.controls",)
+
+
+def label_keys(keys: Sequence[str], members: Sequence[Group]) -> list[str]:
+    """``keys`` less each of :data:`BRANCH_KEYS` whose absence still leaves every group's label its own."""
+    keys = list(keys)
+    for k in BRANCH_KEYS:
+        if k not in keys:
+            continue
+        rest = [x for x in keys if x != k]
+        labels = {(tuple(label_parts(rest, dict(g.key))), g.done, g.diverged) for g in members}
+        if len(labels) == len(members):
+            keys = rest
+    return keys
+
+
 def group_runs(runs: Sequence[Run]) -> list[Group]:
     """Runs that differ only in ignored keys form a group; an unfinished run is grouped only with runs
     of the same config at the same progress, and its label says e.g. ``(2/3 rounds)``."""
@@ -127,7 +145,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         by_method.setdefault(dict(g.key).get("struct._target_", '"run"'), []).append(g)
     for method, members in by_method.items():
         flats = list({g.key: dict(g.key) for g in members}.values())
-        keys = [k for k in varying_keys(flats) if k != "struct._target_"]
+        keys = label_keys([k for k in varying_keys(flats) if k != "struct._target_"], members)
         for g in members:
             suffix = [] if g.done is None else [f"({g.done}/{g.planned} rounds)"]
             if g.diverged is not None:
