@@ -72,6 +72,7 @@ sys.path.insert(0, str(ROOT))
 from rsst.runtime.precision import cpuinfo_flags, processor_name  # noqa: E402
 
 METHODS = ("refill", "rsst", "imp")
+NAMES = {"refill": "Refill", "rsst": "RSST", "imp": "IMP"}  # in the report's words
 # The seed project's method settings, identical for every method where they apply.
 METHOD = [
     "dataset=cifar10",
@@ -275,15 +276,30 @@ def attach_sizes(summary: dict[str, Any], dense_params: int, dense_macs: int) ->
     summary["dense_size"] = {"params": dense_params, "macs": dense_macs}
 
 
-def paired(runs: list[dict[str, Any]], a: str, b: str, metric_a: str, metric_b: str, ablations) -> list[dict]:
-    """Per pruned round: (a - b) per seed, its mean and std, and whether it exceeds the seed spread."""
-    rows: dict[str, dict[tuple[int, int], dict]] = {a: {}, b: {}}
+def paired(
+    runs: list[dict[str, Any]],
+    a: str,
+    b: str,
+    metric_a: str,
+    metric_b: str,
+    ablations,
+    branch_a: str | None = None,
+    branch_b: str | None = None,
+) -> list[dict]:
+    """Per pruned round: (a - b) per seed, its mean and std, and whether it exceeds the seed spread.
+
+    ``a`` and ``b`` are methods (:func:`method_of`); ``branch_a``/``branch_b`` pick a control's rows of it
+    (``reinit``) instead of the ticket's, so a ticket can be paired with its own control.
+    """
+    rows: dict[str, dict[tuple[int, int], dict]] = {"a": {}, "b": {}}
     for run in runs:
         m = method_of(run, ablations)
-        if m in rows:
-            for row in run["rows"]:
-                if row.get("branch") is None:
-                    rows[m][(row["round"], run["cfg"]["seed"])] = row
+        for side, method, branch in (("a", a, branch_a), ("b", b, branch_b)):
+            if m == method:
+                for row in run["rows"]:
+                    if row.get("branch") == branch:
+                        rows[side][(row["round"], run["cfg"]["seed"])] = row
+    a, b = "a", "b"
     out = []
     for r in sorted({r for r, _ in rows[a]} & {r for r, _ in rows[b]}):
         if r == 0:
@@ -867,6 +883,14 @@ def main(argv: list[str] | None = None) -> int:
     ablated = {name: paired(runs, ablation_label(name), "refill", "test_acc", "test_acc", args.ablation)
                for name in args.ablation}  # fmt: skip
     channel_test = intervention(runs, args.ablation)
+    controlled = {
+        method: [
+            {"control": c, "rounds": d}
+            for c in args.controls
+            if (d := paired(runs, method, method, "test_acc", "test_acc", args.ablation, branch_b=c))
+        ]
+        for method in ("refill", "rsst")
+    }
     betas = beta_checks(runs, args.ablation, out, int(env["OMP_NUM_THREADS"])) if "channels" in args.ablation else []
     verdict = {
         "ticket": answer(ticket),
@@ -878,6 +902,16 @@ def main(argv: list[str] | None = None) -> int:
             for name, d in ablated.items()
         },
         "intervention": channel_test,
+        "controls": {
+            method: {
+                c["control"]: {
+                    "answer": answer(c["rounds"], f"{NAMES[method]}'s ticket", f"its {c['control']} control"),
+                    "rounds": c["rounds"],
+                }
+                for c in found
+            }
+            for method, found in controlled.items()
+        },
     }
     settings = {
         "quick": args.quick,
@@ -954,6 +988,22 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if "channels" in args.ablation
             else []
+        ),
+        *(
+            line
+            for method, found in verdict["controls"].items()
+            for control, v in found.items()
+            for line in (
+                f"## Is {NAMES[method]}'s ticket a ticket? Against its {control} control",
+                "",
+                f"The ticket's test accuracy minus that of the same mask trained from a {control} start, paired "
+                "by seed.",
+                "",
+                diff_table(v["rounds"], f"{NAMES[method]} ticket - {control}"),
+                "",
+                f"Does {NAMES[method]}'s ticket beat its {control} control? {v['answer']}.",
+                "",
+            )
         ),
         "## What the channels cut at every round still carried",
         "",

@@ -339,6 +339,16 @@ def test_structured_study_quick_mode_runs_every_arm_on_its_own_cifar_format_file
     assert result["verdict"]["ticket"].startswith(("yes: ", "no: ", "no difference beyond the seed spread"))
     assert [d["round"] for d in result["verdict"]["intervention"]["rounds"]] == [1, 2]
     assert result["verdict"]["intervention"]["answer"].startswith(("yes: ", "partly: ", "no: "))
+    # each structured ticket against its reinit control, paired by seed at every pruned round
+    for method, name in (("refill", "Refill"), ("rsst", "RSST")):
+        control = result["verdict"]["controls"][method]["reinit"]
+        assert [(d["round"], d["seeds"]) for d in control["rounds"]] == [(1, [1, 2]), (2, [1, 2])]
+        for d in control["rounds"]:
+            tickets = methods[method][d["round"]]["test_acc"]["mean"]
+            reinits = methods[f"{method} reinit"][d["round"] - 1]["test_acc"]["mean"]
+            assert d["diff"] == pytest.approx(tickets - reinits, abs=2e-3)
+        assert control["answer"].startswith(("yes: ", "no: ", "no difference beyond the seed spread"))
+        assert f"Is {name}'s ticket a ticket? Against its reinit control" in (out / "study.md").read_text()
     # the beta check evaluates every pruned channel-scope ticket, with and without the cut channels' beta
     assert {(b["seed"], b["round"]) for b in result["beta"]} == {(s, r) for s in (1, 2) for r in (1, 2)}
     assert all(b["channels"] > 0 and 0 <= b["beta_zeroed_test_acc"] <= 100 for b in result["beta"])
