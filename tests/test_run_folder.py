@@ -91,7 +91,7 @@ def test_a_kill_between_the_final_checkpoint_and_rounds_json_is_repaired_by_the_
 
 
 @pytest.mark.slow
-def test_missing_or_corrupt_files_are_rebuilt_from_the_checkpoint_and_temporaries_removed(finished, tmp_path):
+def test_missing_or_corrupt_files_are_rebuilt_from_the_checkpoint_and_temporaries_removed(finished, tmp_path, caplog):
     run_dir = copy_of(finished, tmp_path)
     (run_dir / "masks" / "round_1.pt").unlink()
     (run_dir / "masks" / "round_2.pt").write_bytes(b"garbage")
@@ -103,8 +103,14 @@ def test_missing_or_corrupt_files_are_rebuilt_from_the_checkpoint_and_temporarie
     leftover.write_bytes(os.urandom(4 << 20))
     (run_dir / "masks" / ".round_1.pt.rsst-tmp-4242-00000000deadbeef").write_bytes(b"half")
 
-    rerun(run_dir)
+    with caplog.at_level("WARNING"):
+        rerun(run_dir)
 
+    rewritten = [r.getMessage() for r in caplog.records if "config.yaml" in r.getMessage()]
+    assert rewritten == [
+        f"{run_dir / 'config.yaml'} did not hold this run's config as written (edited, damaged, or "
+        "from another rsst version that writes other keys at their neutral values): rewritten"
+    ]
     assert not leftover.exists() and not (run_dir / "masks" / ".round_1.pt.rsst-tmp-4242-00000000deadbeef").exists()
     assert comparable(read_rounds(run_dir)) == comparable(read_rounds(finished))
     assert rows_of_csv(run_dir / "metrics.csv") == rows_of_csv(finished / "metrics.csv")

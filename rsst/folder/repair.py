@@ -172,7 +172,12 @@ def repair(
     cfg_file = files.config
     if not cfg_file.is_file() or cfg_file.read_text() != config_text:
         if cfg_file.is_file():
-            log.warning("%s differed from the checkpoint's config: rewritten", cfg_file)
+            # the run's identity was checked before this (folder name and checkpoint hash): only the text differs
+            log.warning(
+                "%s did not hold this run's config as written (edited, damaged, or from another rsst version that "
+                "writes other keys at their neutral values): rewritten",
+                cfg_file,
+            )
         atomic_write_text(cfg_file, config_text)
     atomic_write_json(files.rounds, list(round_rows))
     if epoch_rows:
