@@ -69,6 +69,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rsst.folder.atomic import atomic_write_text  # noqa: E402
 from rsst.runtime.precision import cpuinfo_flags, processor_name  # noqa: E402
 
 METHODS = ("refill", "rsst", "imp")
@@ -299,16 +300,15 @@ def paired(
                 for row in run["rows"]:
                     if row.get("branch") == branch:
                         rows[side][(row["round"], run["cfg"]["seed"])] = row
-    a, b = "a", "b"
     out = []
-    for r in sorted({r for r, _ in rows[a]} & {r for r, _ in rows[b]}):
+    for r in sorted({r for r, _ in rows["a"]} & {r for r, _ in rows["b"]}):
         if r == 0:
             continue
-        seeds = sorted({s for rr, s in rows[a] if rr == r} & {s for rr, s in rows[b] if rr == r})
+        seeds = sorted({s for rr, s in rows["a"] if rr == r} & {s for rr, s in rows["b"] if rr == r})
         if not seeds:
             continue
-        va = [rows[a][(r, s)][metric_a] for s in seeds]
-        vb = [rows[b][(r, s)][metric_b] for s in seeds]
+        va = [rows["a"][(r, s)][metric_a] for s in seeds]
+        vb = [rows["b"][(r, s)][metric_b] for s in seeds]
         diffs = [x - y for x, y in zip(va, vb, strict=True)]
         spread = max((statistics.stdev(v) for v in (va, vb) if len(v) > 1), default=None)
         mean = statistics.fmean(diffs)
@@ -766,7 +766,7 @@ def run_sweeps(
             now = time.perf_counter()
             timing["sweep_seconds"] += now - clock["last"]
             clock["last"] = now
-            timing_file.write_text(json.dumps(timing) + "\n")
+            atomic_write_text(timing_file, json.dumps(timing) + "\n")  # a kill mid-write keeps the last
 
     def ticker() -> None:
         while not done.wait(tick):
